@@ -1,0 +1,82 @@
+//! [`Config`]: the `[mqtt]` section of telehub's config file.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use telehub_mqtt::OverflowPolicy;
+
+/// What the broker does when a session's queue is full (see `telehub.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueFull {
+    /// Keep the queue, drop the new delivery (after waiting up to
+    /// `publish_backpressure` for an online subscriber).
+    #[default]
+    DropNew,
+    /// Drop the oldest queued delivery.
+    DropOldest,
+}
+
+impl From<QueueFull> for OverflowPolicy {
+    fn from(q: QueueFull) -> Self {
+        match q {
+            QueueFull::DropNew => OverflowPolicy::DropNew,
+            QueueFull::DropOldest => OverflowPolicy::DropOldest,
+        }
+    }
+}
+
+/// Broker settings. Defaults match the embedded `telehub.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the MQTT/TCP listener.
+    pub listen: SocketAddr,
+    /// Accept clients without credentials.
+    pub allow_anonymous: bool,
+    /// Largest packet accepted from a client, in bytes (remaining length).
+    pub max_packet_size: u32,
+    /// Largest keep-alive a client may ask for; MQTT 5 clients are told this value in
+    /// CONNACK (Server Keep Alive), MQTT 3.x clients asking for more are refused.
+    #[serde(with = "telehub_core::duration")]
+    pub max_keep_alive: Duration,
+    /// How long a new connection may take to send CONNECT.
+    #[serde(with = "telehub_core::duration")]
+    pub connect_timeout: Duration,
+    /// Receive Maximum: QoS 1/2 PUBLISHes a client may have unacknowledged towards us.
+    pub receive_maximum: u16,
+    /// QoS 1/2 deliveries in flight to one client at once (lowered by the client's
+    /// MQTT 5 Receive Maximum).
+    pub max_inflight: u16,
+    /// Deliveries queued per session beyond the in-flight window, online or offline.
+    pub max_queued_messages: usize,
+    /// Policy when a session queue is full.
+    pub queue_full: QueueFull,
+    /// With `drop_new`: how long a publisher waits for room in an online subscriber's
+    /// queue before the QoS 1/2 delivery is dropped (and counted). This is the
+    /// backpressure that keeps a fast publisher from overrunning a slow subscriber.
+    #[serde(with = "telehub_core::duration")]
+    pub publish_backpressure: Duration,
+    /// Upper bound on the MQTT 5 Session Expiry Interval a client may ask for.
+    #[serde(with = "telehub_core::duration")]
+    pub max_session_expiry: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            allow_anonymous: false,
+            max_packet_size: 1024 * 1024,
+            max_keep_alive: Duration::from_secs(65_535),
+            connect_timeout: Duration::from_secs(10),
+            receive_maximum: 1024,
+            max_inflight: 1024,
+            max_queued_messages: 10_000,
+            queue_full: QueueFull::DropNew,
+            publish_backpressure: Duration::from_secs(5),
+            max_session_expiry: Duration::from_secs(7 * 86_400),
+        }
+    }
+}

@@ -1,0 +1,576 @@
+//! One client connection: the CONNECT handshake, the reader loop (keep-alive, packet
+//! handling, routing), and a writer task that coalesces control packets and queued
+//! deliveries into one `write` per wake-up.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use telehub_core::{ClientId, Message, QoS, TopicFilter, TopicName};
+use telehub_mqtt::{
+    ConnAckCode, Connect, Decoder, Delivery, Encoder, Inbound, Outbound, ProtocolError, ProtocolVersion,
+    PublishIn, SubAckCode, SubOptions,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::router::Subscriber;
+use crate::sessions::{self, AttachRequest, SessionEntry, Sessions};
+use crate::stats::Stats;
+use crate::Shared;
+
+/// Control packets (acks, SUBACK, PINGRESP) waiting for the writer. When full the
+/// reader waits, so a client that does not read stops being read from.
+const CONTROL_QUEUE: usize = 64;
+/// Bytes encoded per write before the writer yields.
+const WRITE_BATCH: usize = 64 * 1024;
+/// Read buffer to start with; grows to the largest packet in flight.
+const READ_BUFFER: usize = 4 * 1024;
+/// How long a closing connection waits for its writer to flush.
+const FLUSH_GRACE: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+enum ReadError {
+    Protocol(ProtocolError),
+    Io(io::Error),
+}
+
+impl From<ProtocolError> for ReadError {
+    fn from(e: ProtocolError) -> Self {
+        Self::Protocol(e)
+    }
+}
+
+struct Reader {
+    read: OwnedReadHalf,
+    buf: BytesMut,
+    decoder: Decoder,
+}
+
+impl Reader {
+    /// Reads the next packet; `None` at end of stream.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: partial bytes stay in `self.buf` and the decoder keeps its state.
+    async fn next(&mut self, stats: &Stats) -> Result<Option<Inbound>, ReadError> {
+        loop {
+            if let Some(packet) = self.decoder.decode(&mut self.buf)? {
+                return Ok(Some(packet));
+            }
+            let n = self.read.read_buf(&mut self.buf).await.map_err(ReadError::Io)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            Stats::add(&stats.bytes_received, n as u64);
+        }
+    }
+}
+
+/// Why a connection ended.
+enum Exit {
+    /// DISCONNECT from the client, with its reason code.
+    Disconnect(u8),
+    /// The client closed the socket or it failed.
+    Closed,
+    /// The client broke the protocol.
+    Protocol(ProtocolError),
+    /// MQTT 5 AUTH: enhanced authentication is not offered (0x8C).
+    AuthNotSupported,
+    /// Another connection took the session over.
+    TakenOver,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// Serves one TCP connection until it closes, is taken over, or `cancel` fires.
+pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, cancel: CancellationToken) {
+    Stats::add(&shared.stats.connections_total, 1);
+    let (read, write) = stream.into_split();
+    let mut reader =
+        Reader { read, buf: BytesMut::with_capacity(READ_BUFFER), decoder: Decoder::new(shared.config.max_packet_size) };
+    let first = tokio::select! {
+        _ = cancel.cancelled() => return,
+        r = tokio::time::timeout(shared.config.connect_timeout, reader.next(&shared.stats)) => r,
+    };
+    let connect = match first {
+        Ok(Ok(Some(Inbound::Connect(c)))) => c,
+        Ok(Ok(_)) => return,
+        Ok(Err(ReadError::Protocol(e))) => {
+            Stats::add(&shared.stats.protocol_errors, 1);
+            debug!(%peer, error = %e, "refused before CONNECT");
+            return;
+        }
+        Ok(Err(ReadError::Io(_))) => return,
+        Err(_) => {
+            debug!(%peer, "no CONNECT within the connect timeout");
+            return;
+        }
+    };
+    let conn = shared.sessions.next_conn_id();
+    Stats::add(&shared.stats.connections_current, 1);
+    run_connected(&shared, reader, write, *connect, peer, conn, cancel).await;
+    shared.stats.connections_current.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Refuses a CONNECT with `code` and closes.
+async fn refuse(mut write: OwnedWriteHalf, version: ProtocolVersion, code: ConnAckCode) {
+    let mut buf = BytesMut::new();
+    let connack = Outbound::ConnAck {
+        session_present: false,
+        code,
+        assigned_client_id: None,
+        server_keep_alive: None,
+        receive_maximum: 1,
+        maximum_packet_size: 0,
+    };
+    if Encoder::new(version, 0).encode(connack, &mut buf).is_ok() {
+        let _ = write.write_all(&buf).await;
+    }
+    let _ = write.shutdown().await;
+}
+
+#[allow(clippy::too_many_lines)]
+async fn run_connected(
+    shared: &Arc<Shared>,
+    mut reader: Reader,
+    write: OwnedWriteHalf,
+    connect: Connect,
+    peer: SocketAddr,
+    conn: u64,
+    cancel: CancellationToken,
+) {
+    let version = connect.version;
+    let config = &shared.config;
+    // [MQTT-3.1.3-8] a 3.1.1 client with an empty id must ask for a clean session;
+    // [MQTT-3.1.3-7] otherwise the server assigns one (MQTT 5: Assigned Client Identifier).
+    let mut assigned = None;
+    let client_id = if connect.client_id.is_empty() {
+        if !version.is_v5() && !connect.clean_start {
+            return refuse(write, version, ConnAckCode::ClientIdRejected).await;
+        }
+        let id = ClientId::new(format!("telehub-{conn:x}-{:x}", Instant::now().elapsed().as_nanos() ^ 0x5eed));
+        assigned = version.is_v5().then(|| id.clone());
+        id
+    } else {
+        connect.client_id.clone()
+    };
+    let max_keep_alive = u16::try_from(config.max_keep_alive.as_secs()).unwrap_or(u16::MAX);
+    let mut keep_alive = connect.keep_alive;
+    let mut server_keep_alive = None;
+    if keep_alive > max_keep_alive || (keep_alive == 0 && max_keep_alive < u16::MAX && version.is_v5()) {
+        if !version.is_v5() {
+            // 3.x cannot be told another value: refuse, as Mosquitto does
+            return refuse(write, version, ConnAckCode::KeepAliveTooLong).await;
+        }
+        keep_alive = max_keep_alive;
+        server_keep_alive = Some(max_keep_alive);
+    }
+    let expiry = if version.is_v5() {
+        match connect.session_expiry {
+            u32::MAX => Some(config.max_session_expiry),
+            secs => Some(Duration::from_secs(u64::from(secs)).min(config.max_session_expiry)),
+        }
+    } else if connect.clean_start {
+        Some(Duration::ZERO)
+    } else {
+        None // 3.x persistent sessions last until a clean session replaces them
+    };
+
+    let waker = Arc::new(Notify::new());
+    let attached = shared.sessions.attach(
+        shared,
+        AttachRequest {
+            client_id: client_id.clone(),
+            conn,
+            clean_start: connect.clean_start,
+            expiry,
+            receive_maximum: connect.receive_maximum,
+            kick: cancel.clone(),
+            waker: Arc::clone(&waker),
+        },
+    );
+    let entry = attached.entry;
+    debug!(%peer, client_id = %client_id, ?version, session_present = attached.session_present, "connected");
+
+    let mut initial = vec![Outbound::ConnAck {
+        session_present: attached.session_present,
+        code: ConnAckCode::Success,
+        assigned_client_id: assigned,
+        server_keep_alive,
+        receive_maximum: config.receive_maximum,
+        maximum_packet_size: config.max_packet_size,
+    }];
+    initial.extend(attached.resend);
+    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let stop_writer = CancellationToken::new();
+    let writer = shared.tasks.spawn(write_loop(Writer {
+        write,
+        encoder: Encoder::new(version, connect.maximum_packet_size.unwrap_or(0)),
+        control: control_rx,
+        entry: Arc::clone(&entry),
+        conn,
+        waker,
+        stop: stop_writer.clone(),
+        stats: Arc::clone(&shared.stats),
+    }));
+
+    let mut conn_state = Connection { shared, entry: &entry, conn, control, client_id: &client_id };
+    // [MQTT-3.1.2-24] 1.5 × keep-alive without any packet closes the connection
+    let idle_limit = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+    let exit = loop {
+        let deadline = idle_limit.map(|d| Instant::now() + d);
+        let packet = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                break if shared_is_shutting_down(&cancel, &entry, conn) { Exit::Shutdown } else { Exit::TakenOver };
+            }
+            r = read_until(&mut reader, &shared.stats, deadline) => r,
+        };
+        let packet = match packet {
+            Ok(Some(p)) => p,
+            Ok(None) => break Exit::Closed,
+            Err(ReadError::Io(e)) => {
+                debug!(%peer, client_id = %client_id, error = %e, "connection failed");
+                break Exit::Closed;
+            }
+            Err(ReadError::Protocol(e)) => break Exit::Protocol(e),
+        };
+        match conn_state.handle(packet).await {
+            Ok(None) => {}
+            Ok(Some(exit)) => break exit,
+            Err(e) => break Exit::Protocol(e),
+        }
+    };
+
+    let (will_allowed, disconnect) = match exit {
+        Exit::Disconnect(reason) => (reason == 0x04, None), // 0x04: disconnect with will
+        Exit::Closed => (true, None),
+        Exit::Protocol(e) => {
+            Stats::add(&shared.stats.protocol_errors, 1);
+            debug!(%peer, client_id = %client_id, error = %e, "protocol error");
+            (true, Some(e.reason_code() as u8))
+        }
+        Exit::AuthNotSupported => (true, Some(0x8c)),
+        Exit::TakenOver => (true, Some(0x8e)),
+        Exit::Shutdown => (false, Some(0x8b)),
+    };
+    if let (Some(reason), true) = (disconnect, version.is_v5()) {
+        let _ = conn_state.control.try_send(Outbound::Disconnect(reason));
+    }
+    drop(conn_state);
+    if tokio::time::timeout(FLUSH_GRACE, writer).await.is_err() {
+        stop_writer.cancel();
+    }
+    let generation = shared.sessions.detach(shared, &entry, conn);
+    if let (true, Some(will)) = (will_allowed, connect.will) {
+        send_will(shared, &entry, generation, will.message, will.delay).await;
+    }
+    debug!(%peer, client_id = %client_id, "disconnected");
+}
+
+/// True when the cancellation came from server shutdown rather than a takeover: a
+/// takeover moves the session to another connection first.
+fn shared_is_shutting_down(_cancel: &CancellationToken, entry: &SessionEntry, conn: u64) -> bool {
+    entry.lock_owned(conn).is_ok()
+}
+
+/// Publishes a will now, or after its delay unless the client reconnects first
+/// (MQTT 5 Will Delay Interval; the session's expiry caps the delay).
+async fn send_will(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, generation: Option<u64>, will: Message, delay: Duration) {
+    let will = Arc::new(will);
+    let delay = match generation.and_then(|_| Sessions::expiry_of(entry)) {
+        Some(expiry) => delay.min(expiry),
+        None => delay,
+    };
+    if delay.is_zero() || generation.is_none() {
+        sessions::publish(shared, None, will).await;
+        return;
+    }
+    let (shared, entry, generation) = (Arc::clone(shared), Arc::clone(entry), generation.unwrap_or_default());
+    let tasks = shared.tasks.clone();
+    tasks.spawn(async move {
+        tokio::time::sleep(delay).await;
+        if Sessions::is_still_gone(&entry, generation) {
+            sessions::publish(&shared, None, will).await;
+        }
+    });
+}
+
+async fn read_until(
+    reader: &mut Reader,
+    stats: &Stats,
+    deadline: Option<Instant>,
+) -> Result<Option<Inbound>, ReadError> {
+    match deadline {
+        None => reader.next(stats).await,
+        Some(at) => match tokio::time::timeout_at(at, reader.next(stats)).await {
+            Ok(r) => r,
+            Err(_) => Err(ReadError::Protocol(ProtocolError::KeepAliveTimeout)),
+        },
+    }
+}
+
+/// The reader side of a connected client.
+struct Connection<'a> {
+    shared: &'a Arc<Shared>,
+    entry: &'a Arc<SessionEntry>,
+    conn: u64,
+    control: mpsc::Sender<Outbound>,
+    client_id: &'a ClientId,
+}
+
+type Handled = Result<Option<Exit>, ProtocolError>;
+
+impl Connection<'_> {
+    async fn send(&self, packet: Outbound) -> Handled {
+        // the writer is gone only when the socket failed: end quietly
+        match self.control.send(packet).await {
+            Ok(()) => Ok(None),
+            Err(_) => Ok(Some(Exit::Closed)),
+        }
+    }
+
+    async fn handle(&mut self, packet: Inbound) -> Handled {
+        match packet {
+            Inbound::Publish(p) => self.publish(*p).await,
+            Inbound::PubAck(id) => self.ack(|s| s.on_puback(id)),
+            Inbound::PubComp(id) => self.ack(|s| s.on_pubcomp(id)),
+            Inbound::PubRec(id) => {
+                let rel = match self.entry.lock_owned(self.conn) {
+                    Ok(mut st) => st.session.on_pubrec(id),
+                    Err(_) => return Ok(Some(Exit::TakenOver)),
+                };
+                match rel {
+                    Ok(rel) => self.send(rel).await,
+                    Err(e) => {
+                        debug!(client_id = %self.client_id, packet_id = id, error = %e, "PUBREC ignored");
+                        Ok(None)
+                    }
+                }
+            }
+            Inbound::PubRel(id) => {
+                let reason = match self.entry.lock_owned(self.conn) {
+                    Ok(mut st) => st.session.on_pubrel(id),
+                    Err(_) => return Ok(Some(Exit::TakenOver)),
+                };
+                self.send(Outbound::PubComp(id, reason)).await
+            }
+            Inbound::Subscribe { packet_id, filters, .. } => self.subscribe(packet_id, filters).await,
+            Inbound::Unsubscribe { packet_id, filters } => self.unsubscribe(packet_id, filters).await,
+            Inbound::PingReq => self.send(Outbound::PingResp).await,
+            Inbound::Disconnect { reason, session_expiry } => {
+                if let Some(secs) = session_expiry {
+                    let mut st = self.entry.lock_owned(self.conn).map_err(|_| ProtocolError::UnexpectedPacket)?;
+                    // [MQTT-3.14.2-2] a session that expired at disconnect may not be revived
+                    if st.expiry == Some(Duration::ZERO) && secs != 0 {
+                        return Err(ProtocolError::UnexpectedPacket);
+                    }
+                    let cap = self.shared.config.max_session_expiry;
+                    st.expiry = Some(if secs == u32::MAX { cap } else { Duration::from_secs(u64::from(secs)).min(cap) });
+                }
+                Ok(Some(Exit::Disconnect(reason)))
+            }
+            Inbound::Auth => Ok(Some(Exit::AuthNotSupported)),
+            Inbound::Connect(_) => Err(ProtocolError::SecondConnect), // [MQTT-3.1.0-2]
+            Inbound::ServerOnly => Err(ProtocolError::UnexpectedPacket),
+        }
+    }
+
+    /// PUBACK / PUBCOMP: frees a slot in the in-flight window. An ack for an unknown
+    /// id (e.g. after a session was cleaned) is ignored, as Mosquitto does.
+    fn ack(&self, f: impl FnOnce(&mut telehub_mqtt::Session) -> Result<(), ProtocolError>) -> Handled {
+        let result = match self.entry.lock_owned(self.conn) {
+            Ok(mut st) => f(&mut st.session),
+            Err(_) => return Ok(Some(Exit::TakenOver)),
+        };
+        if let Err(e) = result {
+            debug!(client_id = %self.client_id, error = %e, "acknowledgement ignored");
+        }
+        self.entry.wake();
+        Ok(None)
+    }
+
+    async fn publish(&mut self, p: PublishIn) -> Handled {
+        if p.topic_alias.is_some() {
+            // we announce Topic Alias Maximum 0, so any alias is invalid [MQTT-3.3.2-8]
+            return Err(ProtocolError::TopicAliasInvalid);
+        }
+        let topic = TopicName::new(p.topic).map_err(|_| ProtocolError::InvalidTopicName)?;
+        let message =
+            Arc::new(Message { topic, payload: p.payload, qos: p.qos, retain: p.retain, properties: p.properties });
+        Stats::add(&self.shared.stats.messages_received, 1);
+        match (p.qos, p.packet_id) {
+            (QoS::AtMostOnce, _) => {
+                sessions::publish(self.shared, Some(self.client_id), message).await;
+                Ok(None)
+            }
+            (QoS::AtLeastOnce, Some(id)) => {
+                sessions::publish(self.shared, Some(self.client_id), message).await;
+                self.send(Outbound::PubAck(id, 0)).await
+            }
+            (QoS::ExactlyOnce, Some(id)) => {
+                let is_new = {
+                    let mut st = match self.entry.lock_owned(self.conn) {
+                        Ok(st) => st,
+                        Err(_) => return Ok(Some(Exit::TakenOver)),
+                    };
+                    if st.session.incoming_qos2_pending() >= usize::from(self.shared.config.receive_maximum) {
+                        return Err(ProtocolError::ReceiveMaximumExceeded); // [MQTT-3.3.4-9]
+                    }
+                    st.session.on_incoming_qos2(id)
+                };
+                if is_new {
+                    sessions::publish(self.shared, Some(self.client_id), message).await;
+                }
+                self.send(Outbound::PubRec(id, 0)).await
+            }
+            _ => Err(ProtocolError::MalformedPacket),
+        }
+    }
+
+    async fn subscribe(&mut self, packet_id: u16, filters: Vec<(bytestring::ByteString, SubOptions)>) -> Handled {
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut retained = Vec::new();
+        for (raw, options) in filters {
+            let filter = match TopicFilter::new(raw) {
+                Ok(f) if f.is_shared() => {
+                    codes.push(SubAckCode::SharedNotSupported);
+                    continue;
+                }
+                Ok(f) => f,
+                Err(_) => {
+                    codes.push(SubAckCode::TopicFilterInvalid);
+                    continue;
+                }
+            };
+            match self.entry.lock_owned(self.conn) {
+                Ok(mut st) => st.subscriptions.insert(filter.clone(), options),
+                Err(_) => return Ok(Some(Exit::TakenOver)),
+            };
+            let existed =
+                self.shared.router.subscribe(&filter, Subscriber { entry: Arc::clone(self.entry), options });
+            // [MQTT-3.3.1-6] retained messages go to a new subscription; MQTT 5 Retain
+            // Handling 1 sends them only if it is new, 2 never
+            let wants_retained = match options.retain_handling {
+                0 => true,
+                1 => !existed,
+                _ => false,
+            };
+            if wants_retained {
+                for m in self.shared.router.retained_matching(&filter) {
+                    retained.push(Delivery { qos: m.qos.min(options.qos), message: m, retain: true });
+                }
+            }
+            codes.push(SubAckCode::Granted(options.qos));
+        }
+        if let Some(exit) = self.send(Outbound::SubAck(packet_id, codes)).await? {
+            return Ok(Some(exit));
+        }
+        for d in retained {
+            // [MQTT-3.3.1-8] sent with RETAIN set because of the new subscription
+            self.entry.enqueue(self.shared, d).await;
+        }
+        Ok(None)
+    }
+
+    async fn unsubscribe(&mut self, packet_id: u16, filters: Vec<bytestring::ByteString>) -> Handled {
+        let mut codes = Vec::with_capacity(filters.len());
+        for raw in filters {
+            let Ok(filter) = TopicFilter::new(raw) else {
+                codes.push(0x8f);
+                continue;
+            };
+            let had = match self.entry.lock_owned(self.conn) {
+                Ok(mut st) => st.subscriptions.remove(&filter).is_some(),
+                Err(_) => return Ok(Some(Exit::TakenOver)),
+            };
+            self.shared.router.unsubscribe(&filter, self.entry);
+            codes.push(if had { 0x00 } else { 0x11 });
+        }
+        // [MQTT-3.10.4-4] UNSUBACK even when nothing was removed
+        self.send(Outbound::UnsubAck(packet_id, codes)).await
+    }
+}
+
+struct Writer {
+    write: OwnedWriteHalf,
+    encoder: Encoder,
+    control: mpsc::Receiver<Outbound>,
+    entry: Arc<SessionEntry>,
+    conn: u64,
+    waker: Arc<Notify>,
+    stop: CancellationToken,
+    stats: Arc<Stats>,
+}
+
+/// Writes control packets first, then queued deliveries, many packets per `write`.
+/// Ends when the reader drops its control sender (after flushing) or on `stop`.
+async fn write_loop(mut w: Writer) {
+    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    let mut control_open = true;
+    loop {
+        loop {
+            match w.control.try_recv() {
+                Ok(packet) => {
+                    let is_publish = matches!(packet, Outbound::Publish { .. });
+                    if w.encoder.encode(packet, &mut buf).is_ok() && is_publish {
+                        Stats::add(&w.stats.messages_sent, 1);
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    control_open = false;
+                    break;
+                }
+            }
+        }
+        let more = match w.entry.drain(w.conn, &mut w.encoder, &mut buf, WRITE_BATCH) {
+            Ok((sent, more)) => {
+                Stats::add(&w.stats.messages_sent, sent);
+                more
+            }
+            Err(_) => false, // taken over: the new connection delivers
+        };
+        if !buf.is_empty() {
+            let len = buf.len() as u64;
+            tokio::select! {
+                r = w.write.write_all(&buf) => if r.is_err() { return },
+                _ = w.stop.cancelled() => return,
+            }
+            Stats::add(&w.stats.bytes_sent, len);
+            buf.clear();
+            if buf.capacity() > 4 * WRITE_BATCH {
+                buf = BytesMut::with_capacity(READ_BUFFER);
+            }
+        }
+        if more {
+            continue;
+        }
+        if !control_open {
+            break;
+        }
+        tokio::select! {
+            biased;
+            _ = w.stop.cancelled() => return,
+            packet = w.control.recv() => match packet {
+                Some(packet) => {
+                    let is_publish = matches!(packet, Outbound::Publish { .. });
+                    if w.encoder.encode(packet, &mut buf).is_ok() && is_publish {
+                        Stats::add(&w.stats.messages_sent, 1);
+                    }
+                }
+                None => control_open = false,
+            },
+            _ = w.waker.notified() => {}
+        }
+    }
+    let _ = w.write.shutdown().await;
+}

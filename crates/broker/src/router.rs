@@ -1,0 +1,182 @@
+//! The subscription trie and the retained messages: who gets a message published to a
+//! topic, and what a new subscriber gets at once.
+//!
+//! Read-mostly: publishes on every core match under a shared read lock and never wait
+//! for each other; SUBSCRIBE/UNSUBSCRIBE take the write lock briefly.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use telehub_core::{ClientId, Message, QoS, TopicFilter, TopicName};
+use telehub_mqtt::SubOptions;
+
+use crate::sessions::SessionEntry;
+
+/// One subscription of one session.
+#[derive(Clone)]
+pub(crate) struct Subscriber {
+    pub(crate) entry: Arc<SessionEntry>,
+    pub(crate) options: SubOptions,
+}
+
+#[derive(Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    /// Subscribers whose filter ends at this node.
+    here: HashMap<ClientId, Subscriber>,
+    /// Subscribers whose filter ends with `#` below this node.
+    multi: HashMap<ClientId, Subscriber>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.here.is_empty() && self.multi.is_empty()
+    }
+}
+
+/// A matched subscriber: merged over every filter of the session that matches
+/// (one delivery per session, at the highest granted QoS; see ARCHITECTURE.md).
+pub(crate) struct Target {
+    pub(crate) entry: Arc<SessionEntry>,
+    pub(crate) qos: QoS,
+    pub(crate) no_local: bool,
+    pub(crate) retain_as_published: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Router {
+    trie: RwLock<Node>,
+    retained: RwLock<HashMap<TopicName, Arc<Message>>>,
+}
+
+impl Router {
+    /// Adds or replaces the session's subscription to `filter`. Returns true when it
+    /// replaced an existing one ([MQTT-3.8.4-3]).
+    pub(crate) fn subscribe(&self, filter: &TopicFilter, sub: Subscriber) -> bool {
+        let mut node = &mut *self.trie.write().unwrap_or_else(|e| e.into_inner());
+        let mut levels = filter.levels().peekable();
+        while let Some(level) = levels.next() {
+            if level == "#" {
+                let id = sub.entry.client_id.clone();
+                return node.multi.insert(id, sub).is_some();
+            }
+            node = node.children.entry(level.into()).or_default();
+            if levels.peek().is_none() {
+                let id = sub.entry.client_id.clone();
+                return node.here.insert(id, sub).is_some();
+            }
+        }
+        false
+    }
+
+    /// Removes `entry`'s subscription to `filter`; true when there was one. A
+    /// subscription of the same client id held by a newer session is left alone.
+    pub(crate) fn unsubscribe(&self, filter: &TopicFilter, entry: &Arc<SessionEntry>) -> bool {
+        fn take(subs: &mut HashMap<ClientId, Subscriber>, entry: &Arc<SessionEntry>) -> bool {
+            let ours = subs.get(&entry.client_id).is_some_and(|s| Arc::ptr_eq(&s.entry, entry));
+            ours && subs.remove(&entry.client_id).is_some()
+        }
+        fn remove(node: &mut Node, levels: &[&str], entry: &Arc<SessionEntry>) -> bool {
+            match levels {
+                [] => false,
+                ["#"] => take(&mut node.multi, entry),
+                [level, rest @ ..] => {
+                    let Some(child) = node.children.get_mut(*level) else { return false };
+                    let removed =
+                        if rest.is_empty() { take(&mut child.here, entry) } else { remove(child, rest, entry) };
+                    if child.is_empty() {
+                        node.children.remove(*level);
+                    }
+                    removed
+                }
+            }
+        }
+        let levels: Vec<&str> = filter.levels().collect();
+        remove(&mut self.trie.write().unwrap_or_else(|e| e.into_inner()), &levels, entry)
+    }
+
+    /// Every session subscribed to a filter matching `topic`, one entry per session.
+    pub(crate) fn targets(&self, topic: &TopicName) -> Vec<Target> {
+        fn add(out: &mut Vec<Target>, subs: &HashMap<ClientId, Subscriber>) {
+            for s in subs.values() {
+                out.push(Target {
+                    entry: Arc::clone(&s.entry),
+                    qos: s.options.qos,
+                    no_local: s.options.no_local,
+                    retain_as_published: s.options.retain_as_published,
+                });
+            }
+        }
+        fn walk(node: &Node, levels: &[&str], first: bool, dollar: bool, out: &mut Vec<Target>) {
+            // [MQTT-4.7.2-1] a wildcard in the first level does not match `$` topics
+            let wild = !(first && dollar);
+            if wild {
+                add(out, &node.multi); // `#` matches the parent level and everything below
+            }
+            let Some((level, rest)) = levels.split_first() else {
+                return;
+            };
+            if let Some(child) = node.children.get(*level) {
+                if rest.is_empty() {
+                    add(out, &child.here);
+                    add(out, &child.multi);
+                } else {
+                    walk(child, rest, false, dollar, out);
+                }
+            }
+            if wild && let Some(child) = node.children.get("+") {
+                if rest.is_empty() {
+                    add(out, &child.here);
+                    add(out, &child.multi);
+                } else {
+                    walk(child, rest, false, dollar, out);
+                }
+            }
+        }
+        let levels: Vec<&str> = topic.as_str().split('/').collect();
+        let mut out = Vec::new();
+        walk(&self.trie.read().unwrap_or_else(|e| e.into_inner()), &levels, true, topic.is_dollar(), &mut out);
+        merge_per_session(out)
+    }
+
+    /// Stores, replaces or (with an empty payload) clears the retained message of its
+    /// topic ([MQTT-3.3.1-5], [MQTT-3.3.1-10], [MQTT-3.3.1-11]).
+    pub(crate) fn retain(&self, message: &Arc<Message>) {
+        let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
+        if message.payload.is_empty() {
+            retained.remove(&message.topic);
+        } else {
+            retained.insert(message.topic.clone(), Arc::clone(message));
+        }
+    }
+
+    /// Retained messages whose topic matches `filter` ([MQTT-3.3.1-6]).
+    pub(crate) fn retained_matching(&self, filter: &TopicFilter) -> Vec<Arc<Message>> {
+        let retained = self.retained.read().unwrap_or_else(|e| e.into_inner());
+        retained.values().filter(|m| filter.matches(&m.topic)).cloned().collect()
+    }
+}
+
+/// Merges overlapping subscriptions of one session into one target at the highest QoS
+/// ([MQTT-3.3.5-1]); No Local holds only if every matching subscription asked for it.
+fn merge_per_session(mut targets: Vec<Target>) -> Vec<Target> {
+    if targets.len() < 2 {
+        return targets;
+    }
+    targets.sort_by_key(|t| Arc::as_ptr(&t.entry) as usize);
+    let mut merged: Vec<Target> = Vec::with_capacity(targets.len());
+    for t in targets {
+        match merged.last_mut() {
+            Some(last) if Arc::ptr_eq(&last.entry, &t.entry) => {
+                last.qos = last.qos.max(t.qos);
+                last.no_local &= t.no_local;
+                last.retain_as_published |= t.retain_as_published;
+            }
+            _ => merged.push(t),
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,404 @@
+//! Sessions by client id: attach on CONNECT (with takeover and clean start), detach on
+//! disconnect, expiry of persistent sessions, delivery into a session's bounded queue
+//! with backpressure, and wills.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use telehub_core::{ClientId, Message, QoS, TopicFilter};
+use telehub_mqtt::{Delivery, EnqueueError, Encoder, Outbound, Session, SessionLimits, SubOptions};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::stats::Stats;
+use crate::Shared;
+
+/// Mutable state of one session; guarded by [`SessionEntry::state`]. Never held across
+/// an `.await`.
+pub(crate) struct SessionState {
+    pub(crate) session: Session,
+    /// The connection attached now, if any.
+    owner: Option<u64>,
+    /// Cancels the attached connection (takeover).
+    kick: Option<CancellationToken>,
+    /// Wakes the attached connection's writer.
+    waker: Option<Arc<Notify>>,
+    pub(crate) subscriptions: HashMap<TopicFilter, SubOptions>,
+    /// How long the session outlives its connection; `None` is forever.
+    pub(crate) expiry: Option<Duration>,
+    disconnected_at: Option<Instant>,
+    /// Bumped on every attach; a delayed will only fires if it has not moved.
+    generation: u64,
+    /// The session was ended; deliveries to it are discarded.
+    removed: bool,
+    /// In a burst of drops (logged once per burst).
+    dropping: bool,
+}
+
+/// One session, shared by its connection, the router and publishers.
+pub(crate) struct SessionEntry {
+    pub(crate) client_id: ClientId,
+    state: Mutex<SessionState>,
+    /// Publishers waiting for queue room wait here.
+    room: Notify,
+}
+
+/// This connection no longer owns the session (it was taken over or ended).
+#[derive(Debug)]
+pub(crate) struct NotOwner;
+
+impl SessionEntry {
+    fn new(client_id: ClientId, limits: SessionLimits) -> Self {
+        Self {
+            client_id,
+            state: Mutex::new(SessionState {
+                session: Session::new(limits),
+                owner: None,
+                kick: None,
+                waker: None,
+                subscriptions: HashMap::new(),
+                expiry: Some(Duration::ZERO),
+                disconnected_at: None,
+                generation: 0,
+                removed: false,
+                dropping: false,
+            }),
+            room: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Locks the state if connection `conn` still owns the session.
+    pub(crate) fn lock_owned(&self, conn: u64) -> Result<MutexGuard<'_, SessionState>, NotOwner> {
+        let st = self.lock();
+        if st.owner == Some(conn) { Ok(st) } else { Err(NotOwner) }
+    }
+
+    /// Wakes the attached connection's writer, if any.
+    pub(crate) fn wake(&self) {
+        let waker = self.lock().waker.clone();
+        if let Some(w) = waker {
+            w.notify_one();
+        }
+    }
+
+    /// Queues `delivery`. When the queue is full and the subscriber is online, a QoS 1/2
+    /// delivery waits up to `publish_backpressure` for room (once per burst); otherwise
+    /// it is dropped, counted, and the burst logged once.
+    pub(crate) async fn enqueue(&self, shared: &Shared, delivery: Delivery) {
+        enum Outcome {
+            Done(Option<Arc<Notify>>),
+            Wait(Delivery, Option<Arc<Notify>>),
+        }
+        let deadline = Instant::now() + shared.config.publish_backpressure;
+        let mut delivery = delivery;
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            let outcome = {
+                let mut st = self.lock();
+                if st.removed {
+                    return;
+                }
+                let dropped_before = st.session.dropped();
+                match st.session.enqueue(delivery) {
+                    Ok(()) => {
+                        let dropped = st.session.dropped() - dropped_before;
+                        if dropped > 0 {
+                            Self::record_drop(&mut st, &self.client_id, &shared.stats, dropped);
+                        }
+                        Outcome::Done(st.waker.clone())
+                    }
+                    Err(EnqueueError::Full(back)) => {
+                        let may_wait = back.qos != QoS::AtMostOnce
+                            && st.owner.is_some()
+                            && !st.dropping
+                            && Instant::now() < deadline;
+                        if may_wait {
+                            Outcome::Wait(back, st.waker.clone())
+                        } else {
+                            st.session.count_drop();
+                            Self::record_drop(&mut st, &self.client_id, &shared.stats, 1);
+                            return;
+                        }
+                    }
+                }
+            };
+            match outcome {
+                Outcome::Done(waker) => {
+                    if let Some(w) = waker {
+                        w.notify_one();
+                    }
+                    return;
+                }
+                Outcome::Wait(back, waker) => {
+                    delivery = back;
+                    if let Some(w) = waker {
+                        w.notify_one();
+                    }
+                    if tokio::time::timeout_at(deadline, room).await.is_err() {
+                        // timed out: the next round queues it if room appeared,
+                        // else drops it and starts a burst
+                        let mut st = self.lock();
+                        if !st.session.has_room() {
+                            st.dropping = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn record_drop(st: &mut SessionState, client_id: &ClientId, stats: &Stats, n: u64) {
+        Stats::add(&stats.messages_dropped, n);
+        if !st.dropping {
+            st.dropping = true;
+            warn!(
+                client_id = %client_id,
+                queued = st.session.queued(),
+                online = st.owner.is_some(),
+                "session queue full: dropping deliveries until it drains"
+            );
+        }
+    }
+
+    /// Encodes what may be sent now (queued deliveries within the in-flight window) into
+    /// `buf`, up to `max_bytes`. Returns how many PUBLISHes it encoded and whether more
+    /// are ready.
+    pub(crate) fn drain(
+        &self,
+        conn: u64,
+        encoder: &mut Encoder,
+        buf: &mut BytesMut,
+        max_bytes: usize,
+    ) -> Result<(u64, bool), NotOwner> {
+        let mut st = self.lock_owned(conn)?;
+        let mut sent = 0;
+        let mut more = false;
+        while buf.len() < max_bytes {
+            let Some(packet) = st.session.next_outgoing() else { break };
+            let packet_id = match &packet {
+                Outbound::Publish { packet_id, .. } => *packet_id,
+                _ => None,
+            };
+            if let Err(e) = encoder.encode(packet, buf) {
+                // e.g. larger than the client's Maximum Packet Size: not sent ([MQTT-3.1.2-25])
+                debug!(client_id = %self.client_id, error = %e, "delivery not encodable, discarded");
+                if let Some(id) = packet_id {
+                    st.session.abandon(id);
+                }
+                continue;
+            }
+            sent += 1;
+            more = buf.len() >= max_bytes;
+        }
+        let freed = sent > 0;
+        if st.session.has_room() {
+            st.dropping = false;
+        }
+        drop(st);
+        if freed {
+            self.room.notify_waiters();
+        }
+        Ok((sent, more))
+    }
+}
+
+/// A connection's claim on its session after CONNECT.
+pub(crate) struct Attached {
+    pub(crate) entry: Arc<SessionEntry>,
+    pub(crate) session_present: bool,
+    /// Unacknowledged deliveries to resend first, with DUP.
+    pub(crate) resend: Vec<Outbound>,
+}
+
+/// What a connection tells [`Sessions::attach`].
+pub(crate) struct AttachRequest {
+    pub(crate) client_id: ClientId,
+    pub(crate) conn: u64,
+    pub(crate) clean_start: bool,
+    pub(crate) expiry: Option<Duration>,
+    pub(crate) receive_maximum: u16,
+    pub(crate) kick: CancellationToken,
+    pub(crate) waker: Arc<Notify>,
+}
+
+/// All sessions by client id.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    map: Mutex<HashMap<ClientId, Arc<SessionEntry>>>,
+    next_conn: AtomicU64,
+}
+
+impl Sessions {
+    /// A fresh connection id.
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<ClientId, Arc<SessionEntry>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Attaches a connection to the session of its client id: takes over a connected
+    /// one ([MQTT-3.1.4-2]), starts fresh on clean start ([MQTT-3.1.2-4]) or resumes
+    /// ([MQTT-3.1.2-5]).
+    pub(crate) fn attach(&self, shared: &Shared, req: AttachRequest) -> Attached {
+        let limits = SessionLimits {
+            max_queued: shared.config.max_queued_messages,
+            max_inflight: shared.config.max_inflight,
+            overflow: shared.config.queue_full.into(),
+        };
+        let mut ended = None;
+        let (entry, session_present, resend) = {
+            let mut map = self.map();
+            let existing = map.get(&req.client_id).cloned();
+            let (entry, present) = match existing {
+                Some(old) if req.clean_start => {
+                    let new = Arc::new(SessionEntry::new(req.client_id.clone(), limits));
+                    map.insert(req.client_id.clone(), Arc::clone(&new));
+                    ended = Some(old);
+                    (new, false)
+                }
+                Some(old) => (old, true),
+                None => {
+                    let new = Arc::new(SessionEntry::new(req.client_id.clone(), limits));
+                    map.insert(req.client_id.clone(), Arc::clone(&new));
+                    (new, false)
+                }
+            };
+            let mut st = entry.lock();
+            if let Some(kick) = st.kick.take() {
+                kick.cancel(); // session takeover
+            }
+            st.owner = Some(req.conn);
+            st.kick = Some(req.kick);
+            st.waker = Some(req.waker);
+            st.expiry = req.expiry;
+            st.disconnected_at = None;
+            st.generation += 1;
+            let resend = st.session.resume(req.receive_maximum);
+            drop(st);
+            (entry, present, resend)
+        };
+        if let Some(old) = ended {
+            end_session(shared, &old);
+        }
+        Attached { entry, session_present, resend }
+    }
+
+    /// Detaches connection `conn`. A session with zero expiry ends now; others wait for
+    /// their expiry. Returns the session generation (for delayed wills), or `None` when
+    /// the connection had already lost the session to a takeover.
+    pub(crate) fn detach(&self, shared: &Shared, entry: &Arc<SessionEntry>, conn: u64) -> Option<u64> {
+        let mut st = entry.lock_owned(conn).ok()?;
+        st.owner = None;
+        st.kick = None;
+        st.waker = None;
+        let generation = st.generation;
+        if st.expiry == Some(Duration::ZERO) {
+            drop(st);
+            self.remove_if_current(entry);
+            end_session(shared, entry);
+        } else {
+            st.disconnected_at = Some(Instant::now());
+        }
+        Some(generation)
+    }
+
+    fn remove_if_current(&self, entry: &Arc<SessionEntry>) {
+        let mut map = self.map();
+        if map.get(&entry.client_id).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            map.remove(&entry.client_id);
+        }
+    }
+
+    /// True when the session `entry` is still at `generation` with nobody attached:
+    /// the client has not come back since.
+    pub(crate) fn is_still_gone(entry: &SessionEntry, generation: u64) -> bool {
+        let st = entry.lock();
+        st.generation == generation && st.owner.is_none()
+    }
+
+    /// The session's expiry, for wills delayed past it.
+    pub(crate) fn expiry_of(entry: &SessionEntry) -> Option<Duration> {
+        entry.lock().expiry
+    }
+}
+
+/// Marks a session ended and removes its subscriptions from the router.
+fn end_session(shared: &Shared, entry: &Arc<SessionEntry>) {
+    let filters: Vec<TopicFilter> = {
+        let mut st = entry.lock();
+        st.removed = true;
+        st.session.clear();
+        st.subscriptions.drain().map(|(f, _)| f).collect()
+    };
+    for f in filters {
+        shared.router.unsubscribe(&f, entry);
+    }
+    entry.room.notify_waiters();
+}
+
+/// Ends persistent sessions whose expiry has passed, every second, until `shutdown`.
+pub(crate) async fn reap_expired(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let expired: Vec<Arc<SessionEntry>> = {
+            let mut map = shared.sessions.map();
+            let expired: Vec<ClientId> = map
+                .iter()
+                .filter(|(_, e)| {
+                    let st = e.lock();
+                    match (st.owner, st.disconnected_at, st.expiry) {
+                        (None, Some(at), Some(expiry)) => now >= at + expiry,
+                        _ => false,
+                    }
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            expired.iter().filter_map(|id| map.remove(id)).collect()
+        };
+        for entry in expired {
+            debug!(client_id = %entry.client_id, "session expired");
+            end_session(&shared, &entry);
+        }
+    }
+}
+
+/// Routes one accepted message: retained store, ingest hook, then every matching
+/// session's queue.
+pub(crate) async fn publish(shared: &Shared, from: Option<&ClientId>, message: Arc<Message>) {
+    if message.retain {
+        shared.router.retain(&message);
+    }
+    if let Some(hook) = &shared.hook {
+        hook.offer(from, &message);
+    }
+    for target in shared.router.targets(&message.topic) {
+        if target.no_local && from == Some(&target.entry.client_id) {
+            continue; // [MQTT-3.8.3-3] No Local
+        }
+        let delivery = Delivery {
+            message: Arc::clone(&message),
+            qos: message.qos.min(target.qos),
+            // [MQTT-3.3.1-12] / [MQTT-3.3.1-13] Retain As Published
+            retain: target.retain_as_published && message.retain,
+        };
+        target.entry.enqueue(shared, delivery).await;
+    }
+}

@@ -1,0 +1,58 @@
+//! [`Stats`]: the broker's counters, shared lock-free by every connection.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters since start. Read with [`Stats::snapshot`].
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub(crate) connections_current: AtomicU64,
+    pub(crate) connections_total: AtomicU64,
+    pub(crate) messages_received: AtomicU64,
+    pub(crate) messages_sent: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) messages_dropped: AtomicU64,
+    pub(crate) protocol_errors: AtomicU64,
+}
+
+/// A point-in-time copy of [`Stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Clients connected now.
+    pub connections_current: u64,
+    /// Connections accepted since start.
+    pub connections_total: u64,
+    /// PUBLISH packets accepted from clients.
+    pub messages_received: u64,
+    /// PUBLISH packets written to clients.
+    pub messages_sent: u64,
+    /// Bytes read from clients.
+    pub bytes_received: u64,
+    /// Bytes written to clients.
+    pub bytes_sent: u64,
+    /// Deliveries dropped because a session queue was full.
+    pub messages_dropped: u64,
+    /// Connections closed for breaking the protocol.
+    pub protocol_errors: u64,
+}
+
+impl Stats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            connections_current: get(&self.connections_current),
+            connections_total: get(&self.connections_total),
+            messages_received: get(&self.messages_received),
+            messages_sent: get(&self.messages_sent),
+            bytes_received: get(&self.bytes_received),
+            bytes_sent: get(&self.bytes_sent),
+            messages_dropped: get(&self.messages_dropped),
+            protocol_errors: get(&self.protocol_errors),
+        }
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,493 @@
+//! Framing over `rmqtt-codec`: detects the protocol level from CONNECT, enforces the
+//! maximum packet size, converts wire packets to and from [`Inbound`] / [`Outbound`],
+//! and checks the spec rules the codec leaves to us.
+
+use std::num::{NonZeroU16, NonZeroU32};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use bytestring::ByteString;
+use rmqtt_codec::error::{DecodeError, EncodeError};
+use rmqtt_codec::types::{Publish as WirePublish, QoS as WireQoS};
+use rmqtt_codec::version::{ProtocolVersion as WireVersion, VersionCodec};
+use rmqtt_codec::{v3, v5};
+use telehub_core::{ClientId, Message, MessageProperties, QoS, TopicName};
+use tokio_util::codec::{Decoder as _, Encoder as _};
+
+use crate::packet::{ConnAckCode, Connect, Inbound, Outbound, ProtocolVersion, PublishIn, SubAckCode, SubOptions, Will};
+use crate::ProtocolError;
+
+const CONNECT: u8 = 0x10;
+
+fn qos_in(q: WireQoS) -> QoS {
+    match q {
+        WireQoS::AtMostOnce => QoS::AtMostOnce,
+        WireQoS::AtLeastOnce => QoS::AtLeastOnce,
+        WireQoS::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+fn qos_out(q: QoS) -> WireQoS {
+    match q {
+        QoS::AtMostOnce => WireQoS::AtMostOnce,
+        QoS::AtLeastOnce => WireQoS::AtLeastOnce,
+        QoS::ExactlyOnce => WireQoS::ExactlyOnce,
+    }
+}
+
+fn pid(id: u16) -> NonZeroU16 {
+    // Packet ids come from the session, which never hands out 0 ([MQTT-2.3.1-1]).
+    debug_assert!(id != 0, "packet id 0 is invalid");
+    NonZeroU16::new(id).unwrap_or(NonZeroU16::MIN)
+}
+
+enum State {
+    Detect,
+    V3(v3::Codec, ProtocolVersion),
+    V5(v5::Codec),
+}
+
+/// Turns the bytes a client sends into [`Inbound`] packets.
+///
+/// The first packet must be CONNECT ([MQTT-3.1.0-1]); its protocol level picks the
+/// MQTT 3.x or 5.0 decoder for the rest of the connection.
+pub struct Decoder {
+    state: State,
+    max_packet_size: u32,
+}
+
+impl Decoder {
+    /// A decoder that refuses packets whose remaining length exceeds `max_packet_size`.
+    pub fn new(max_packet_size: u32) -> Self {
+        Self { state: State::Detect, max_packet_size }
+    }
+
+    /// The protocol level, once CONNECT has been decoded.
+    pub fn version(&self) -> Option<ProtocolVersion> {
+        match self.state {
+            State::Detect => None,
+            State::V3(_, v) => Some(v),
+            State::V5(_) => Some(ProtocolVersion::V5),
+        }
+    }
+
+    /// Decodes the next packet from `buf`, or `None` when more bytes are needed.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtocolError`] for anything that is not a valid packet; the connection must
+    /// then be closed, as the stream can no longer be framed.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Inbound>, ProtocolError> {
+        if let State::Detect = self.state {
+            let Some(&first) = buf.first() else { return Ok(None) };
+            if first >> 4 != CONNECT >> 4 {
+                return Err(ProtocolError::FirstPacketNotConnect);
+            }
+            if first != CONNECT {
+                return Err(ProtocolError::MalformedPacket); // [MQTT-2.2.2-2] reserved flags
+            }
+            match VersionCodec.decode(buf) {
+                Ok(None) => return Ok(None),
+                Ok(Some(WireVersion::MQTT3)) => {
+                    self.state = State::V3(v3::Codec::new(self.max_packet_size), ProtocolVersion::V3_1_1);
+                }
+                Ok(Some(WireVersion::MQTT5)) => {
+                    self.state = State::V5(v5::Codec::new(self.max_packet_size, 0));
+                }
+                Err(DecodeError::InvalidLength) => return Err(ProtocolError::MalformedPacket),
+                Err(_) => return Err(ProtocolError::UnsupportedProtocol),
+            }
+        }
+        match &mut self.state {
+            State::Detect => Ok(None),
+            State::V3(codec, version) => {
+                let Some((packet, _)) = codec.decode(buf)? else { return Ok(None) };
+                let inbound = v3_in(packet)?;
+                if let Inbound::Connect(c) = &inbound {
+                    *version = c.version;
+                }
+                Ok(Some(inbound))
+            }
+            State::V5(codec) => match codec.decode(buf)? {
+                None => Ok(None),
+                Some((packet, _)) => v5_in(packet).map(Some),
+            },
+        }
+    }
+}
+
+fn will_message(topic: ByteString, payload: bytes::Bytes, qos: WireQoS, retain: bool) -> Result<Message, ProtocolError> {
+    Ok(Message {
+        // [MQTT-3.1.2-?] the will topic is a topic name: no wildcards
+        topic: TopicName::new(topic).map_err(|_| ProtocolError::InvalidTopicName)?,
+        payload,
+        qos: qos_in(qos),
+        retain,
+        properties: MessageProperties::default(),
+    })
+}
+
+fn v3_in(packet: v3::Packet) -> Result<Inbound, ProtocolError> {
+    use v3::Packet as P;
+    Ok(match packet {
+        P::Connect(c) => {
+            let version = match c.protocol.level() {
+                3 => ProtocolVersion::V3_1,
+                4 => ProtocolVersion::V3_1_1,
+                _ => return Err(ProtocolError::UnsupportedProtocol),
+            };
+            let will = match c.last_will {
+                Some(w) => Some(Will {
+                    message: will_message(w.topic, w.message, w.qos, w.retain)?,
+                    delay: Duration::ZERO,
+                }),
+                None => None,
+            };
+            Inbound::Connect(Box::new(Connect {
+                version,
+                clean_start: c.clean_session,
+                keep_alive: c.keep_alive,
+                client_id: ClientId::new(c.client_id),
+                username: c.username,
+                password: c.password,
+                will,
+                session_expiry: 0,
+                receive_maximum: u16::MAX,
+                maximum_packet_size: None,
+                topic_alias_maximum: 0,
+            }))
+        }
+        P::Publish(p) => Inbound::Publish(Box::new(PublishIn {
+            topic: p.topic,
+            packet_id: p.packet_id.map(NonZeroU16::get),
+            qos: qos_in(p.qos),
+            retain: p.retain,
+            dup: p.dup,
+            payload: p.payload,
+            properties: MessageProperties::default(),
+            topic_alias: None,
+        })),
+        P::PublishAck { packet_id } => Inbound::PubAck(packet_id.get()),
+        P::PublishReceived { packet_id } => Inbound::PubRec(packet_id.get()),
+        P::PublishRelease { packet_id } => Inbound::PubRel(packet_id.get()),
+        P::PublishComplete { packet_id } => Inbound::PubComp(packet_id.get()),
+        P::Subscribe { packet_id, topic_filters } => Inbound::Subscribe {
+            packet_id: packet_id.get(),
+            filters: topic_filters.into_iter().map(|(f, q)| (f, SubOptions::with_qos(qos_in(q)))).collect(),
+            subscription_id: None,
+        },
+        P::Unsubscribe { packet_id, topic_filters } => {
+            Inbound::Unsubscribe { packet_id: packet_id.get(), filters: topic_filters }
+        }
+        P::PingRequest => Inbound::PingReq,
+        P::Disconnect => Inbound::Disconnect { reason: 0, session_expiry: None },
+        P::ConnectAck(_) | P::SubscribeAck { .. } | P::UnsubscribeAck { .. } | P::PingResponse => {
+            Inbound::ServerOnly
+        }
+    })
+}
+
+fn properties_in(p: v5::PublishProperties) -> MessageProperties {
+    MessageProperties {
+        is_utf8_payload: p.is_utf8_payload,
+        message_expiry: p.message_expiry_interval.map(|s| Duration::from_secs(u64::from(s.get()))),
+        content_type: p.content_type,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data,
+        user_properties: p.user_properties,
+    }
+}
+
+fn v5_in(packet: v5::Packet) -> Result<Inbound, ProtocolError> {
+    use v5::Packet as P;
+    Ok(match packet {
+        P::Connect(c) => {
+            let will = match c.last_will {
+                Some(w) => {
+                    let mut message = will_message(w.topic, w.message, w.qos, w.retain)?;
+                    message.properties = MessageProperties {
+                        is_utf8_payload: w.is_utf8_payload.unwrap_or(false),
+                        message_expiry: w
+                            .message_expiry_interval
+                            .map(|s| Duration::from_secs(u64::from(s.get()))),
+                        content_type: w.content_type,
+                        response_topic: w.response_topic,
+                        correlation_data: w.correlation_data,
+                        user_properties: w.user_properties,
+                    };
+                    let delay = Duration::from_secs(u64::from(w.will_delay_interval_sec.unwrap_or(0)));
+                    Some(Will { message, delay })
+                }
+                None => None,
+            };
+            Inbound::Connect(Box::new(Connect {
+                version: ProtocolVersion::V5,
+                clean_start: c.clean_start,
+                keep_alive: c.keep_alive,
+                client_id: ClientId::new(c.client_id),
+                username: c.username,
+                password: c.password,
+                will,
+                session_expiry: c.session_expiry_interval_secs,
+                receive_maximum: c.receive_max.map_or(u16::MAX, NonZeroU16::get),
+                maximum_packet_size: c.max_packet_size.map(NonZeroU32::get),
+                topic_alias_maximum: c.topic_alias_max,
+            }))
+        }
+        P::Publish(p) => {
+            let mut props = p.properties.unwrap_or_default();
+            let topic_alias = props.topic_alias.take().map(NonZeroU16::get);
+            Inbound::Publish(Box::new(PublishIn {
+                topic: p.topic,
+                packet_id: p.packet_id.map(NonZeroU16::get),
+                qos: qos_in(p.qos),
+                retain: p.retain,
+                dup: p.dup,
+                payload: p.payload,
+                properties: properties_in(props),
+                topic_alias,
+            }))
+        }
+        P::PublishAck(a) => Inbound::PubAck(a.packet_id.get()),
+        P::PublishReceived(a) => Inbound::PubRec(a.packet_id.get()),
+        P::PublishRelease(a) => Inbound::PubRel(a.packet_id.get()),
+        P::PublishComplete(a) => Inbound::PubComp(a.packet_id.get()),
+        P::Subscribe(s) => Inbound::Subscribe {
+            packet_id: s.packet_id.get(),
+            filters: s
+                .topic_filters
+                .into_iter()
+                .map(|(f, o)| {
+                    let opts = SubOptions {
+                        qos: qos_in(o.qos),
+                        no_local: o.no_local,
+                        retain_as_published: o.retain_as_published,
+                        retain_handling: o.retain_handling as u8,
+                    };
+                    (f, opts)
+                })
+                .collect(),
+            subscription_id: s.id.map(NonZeroU32::get),
+        },
+        P::Unsubscribe(u) => Inbound::Unsubscribe { packet_id: u.packet_id.get(), filters: u.topic_filters },
+        P::PingRequest => Inbound::PingReq,
+        P::Disconnect(d) => Inbound::Disconnect {
+            reason: d.reason_code as u8,
+            session_expiry: d.session_expiry_interval_secs,
+        },
+        P::Auth(_) => Inbound::Auth,
+        P::ConnectAck(_) | P::SubscribeAck(_) | P::UnsubscribeAck(_) | P::PingResponse => Inbound::ServerOnly,
+    })
+}
+
+enum WireEncoder {
+    V3(v3::Codec),
+    V5(v5::Codec),
+}
+
+/// Turns [`Outbound`] packets into bytes for a client of a given protocol level.
+pub struct Encoder {
+    codec: WireEncoder,
+}
+
+impl Encoder {
+    /// An encoder for `version`. `max_packet_size` is the client's MQTT 5 Maximum Packet
+    /// Size (0 for none).
+    pub fn new(version: ProtocolVersion, max_packet_size: u32) -> Self {
+        let codec = if version.is_v5() {
+            WireEncoder::V5(v5::Codec::new(0, max_packet_size))
+        } else {
+            WireEncoder::V3(v3::Codec::new(0))
+        };
+        Self { codec }
+    }
+
+    /// Appends the encoding of `packet` to `buf`. A DISCONNECT to a 3.x client encodes to
+    /// nothing: 3.x has no server DISCONNECT.
+    ///
+    /// # Errors
+    ///
+    /// The codec's [`EncodeError`], e.g. a packet over the client's maximum size.
+    pub fn encode(&mut self, packet: Outbound, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        match &mut self.codec {
+            WireEncoder::V3(codec) => match v3_out(packet) {
+                Some(p) => codec.encode(p, buf),
+                None => Ok(()),
+            },
+            WireEncoder::V5(codec) => codec.encode(v5_out(packet), buf),
+        }
+    }
+}
+
+fn wire_publish(
+    message: &Message,
+    qos: QoS,
+    packet_id: Option<u16>,
+    retain: bool,
+    dup: bool,
+    properties: Option<v5::PublishProperties>,
+) -> WirePublish {
+    WirePublish {
+        dup,
+        retain,
+        qos: qos_out(qos),
+        topic: message.topic.to_byte_string(),
+        packet_id: packet_id.map(pid),
+        payload: message.payload.clone(),
+        properties,
+    }
+}
+
+fn v3_out(packet: Outbound) -> Option<v3::Packet> {
+    use v3::Packet as P;
+    Some(match packet {
+        Outbound::ConnAck { session_present, code, .. } => {
+            let return_code = match code {
+                ConnAckCode::Success => v3::ConnectAckReason::ConnectionAccepted,
+                ConnAckCode::ClientIdRejected | ConnAckCode::KeepAliveTooLong => {
+                    v3::ConnectAckReason::IdentifierRejected
+                }
+                ConnAckCode::UnsupportedProtocol => v3::ConnectAckReason::UnacceptableProtocolVersion,
+                ConnAckCode::BadCredentials => v3::ConnectAckReason::BadUserNameOrPassword,
+                ConnAckCode::NotAuthorized => v3::ConnectAckReason::NotAuthorized,
+                ConnAckCode::ServerUnavailable => v3::ConnectAckReason::ServiceUnavailable,
+            };
+            // [MQTT-3.2.2-4] session present is 0 when the return code is not 0
+            let session_present = session_present && code == ConnAckCode::Success;
+            P::ConnectAck(v3::ConnectAck { return_code, session_present })
+        }
+        Outbound::Publish { message, qos, packet_id, retain, dup } => {
+            P::Publish(Box::new(wire_publish(&message, qos, packet_id, retain, dup, None)))
+        }
+        Outbound::PubAck(id, _) => P::PublishAck { packet_id: pid(id) },
+        Outbound::PubRec(id, _) => P::PublishReceived { packet_id: pid(id) },
+        Outbound::PubRel(id) => P::PublishRelease { packet_id: pid(id) },
+        Outbound::PubComp(id, _) => P::PublishComplete { packet_id: pid(id) },
+        Outbound::SubAck(id, codes) => P::SubscribeAck {
+            packet_id: pid(id),
+            status: codes
+                .into_iter()
+                .map(|c| match c {
+                    SubAckCode::Granted(q) => v3::SubscribeReturnCode::Success(qos_out(q)),
+                    _ => v3::SubscribeReturnCode::Failure,
+                })
+                .collect(),
+        },
+        Outbound::UnsubAck(id, _) => P::UnsubscribeAck { packet_id: pid(id) },
+        Outbound::PingResp => P::PingResponse,
+        Outbound::Disconnect(_) => return None,
+    })
+}
+
+fn properties_out(p: &MessageProperties) -> v5::PublishProperties {
+    v5::PublishProperties {
+        topic_alias: None,
+        correlation_data: p.correlation_data.clone(),
+        message_expiry_interval: p
+            .message_expiry
+            .and_then(|d| NonZeroU32::new(u32::try_from(d.as_secs()).unwrap_or(u32::MAX))),
+        content_type: p.content_type.clone(),
+        user_properties: p.user_properties.clone(),
+        is_utf8_payload: p.is_utf8_payload,
+        response_topic: p.response_topic.clone(),
+        subscription_ids: Vec::new(),
+    }
+}
+
+fn v5_out(packet: Outbound) -> v5::Packet {
+    use v5::Packet as P;
+    match packet {
+        Outbound::ConnAck {
+            session_present,
+            code,
+            assigned_client_id,
+            server_keep_alive,
+            receive_maximum,
+            maximum_packet_size,
+        } => {
+            let reason_code = match code {
+                ConnAckCode::Success => v5::ConnectAckReason::Success,
+                ConnAckCode::ClientIdRejected => v5::ConnectAckReason::ClientIdentifierNotValid,
+                ConnAckCode::UnsupportedProtocol => v5::ConnectAckReason::UnsupportedProtocolVersion,
+                ConnAckCode::BadCredentials => v5::ConnectAckReason::BadUserNameOrPassword,
+                ConnAckCode::NotAuthorized => v5::ConnectAckReason::NotAuthorized,
+                ConnAckCode::ServerUnavailable => v5::ConnectAckReason::ServerUnavailable,
+                ConnAckCode::KeepAliveTooLong => v5::ConnectAckReason::ImplementationSpecificError,
+            };
+            P::ConnectAck(Box::new(v5::ConnectAck {
+                session_present: session_present && code == ConnAckCode::Success,
+                reason_code,
+                assigned_client_id: assigned_client_id.map(|c| c.to_byte_string()),
+                server_keepalive_sec: server_keep_alive,
+                receive_max: NonZeroU16::new(receive_maximum).unwrap_or(NonZeroU16::MAX),
+                max_packet_size: Some(maximum_packet_size),
+                shared_subscription_available: false,
+                subscription_identifiers_available: false,
+                ..v5::ConnectAck::default()
+            }))
+        }
+        Outbound::Publish { message, qos, packet_id, retain, dup } => {
+            let props = (!message.properties.is_empty()).then(|| properties_out(&message.properties));
+            P::Publish(Box::new(wire_publish(&message, qos, packet_id, retain, dup, props)))
+        }
+        Outbound::PubAck(id, reason) => P::PublishAck(v5::PublishAck {
+            packet_id: pid(id),
+            reason_code: v5::PublishAckReason::try_from(reason).unwrap_or(v5::PublishAckReason::UnspecifiedError),
+            properties: Vec::new(),
+            reason_string: None,
+        }),
+        Outbound::PubRec(id, reason) => P::PublishReceived(v5::PublishAck {
+            packet_id: pid(id),
+            reason_code: v5::PublishAckReason::try_from(reason).unwrap_or(v5::PublishAckReason::UnspecifiedError),
+            properties: Vec::new(),
+            reason_string: None,
+        }),
+        Outbound::PubRel(id) => P::PublishRelease(v5::PublishAck2 {
+            packet_id: pid(id),
+            reason_code: v5::PublishAck2Reason::Success,
+            properties: Vec::new(),
+            reason_string: None,
+        }),
+        Outbound::PubComp(id, reason) => P::PublishComplete(v5::PublishAck2 {
+            packet_id: pid(id),
+            reason_code: v5::PublishAck2Reason::try_from(reason).unwrap_or(v5::PublishAck2Reason::Success),
+            properties: Vec::new(),
+            reason_string: None,
+        }),
+        Outbound::SubAck(id, codes) => P::SubscribeAck(v5::SubscribeAck {
+            packet_id: pid(id),
+            properties: Vec::new(),
+            reason_string: None,
+            status: codes
+                .into_iter()
+                .map(|c| match c {
+                    SubAckCode::Granted(QoS::AtMostOnce) => v5::SubscribeAckReason::GrantedQos0,
+                    SubAckCode::Granted(QoS::AtLeastOnce) => v5::SubscribeAckReason::GrantedQos1,
+                    SubAckCode::Granted(QoS::ExactlyOnce) => v5::SubscribeAckReason::GrantedQos2,
+                    SubAckCode::TopicFilterInvalid => v5::SubscribeAckReason::TopicFilterInvalid,
+                    SubAckCode::SharedNotSupported => v5::SubscribeAckReason::SharedSubscriptionNotSupported,
+                    SubAckCode::NotAuthorized => v5::SubscribeAckReason::NotAuthorized,
+                    SubAckCode::Failure => v5::SubscribeAckReason::UnspecifiedError,
+                })
+                .collect(),
+        }),
+        Outbound::UnsubAck(id, codes) => P::UnsubscribeAck(v5::UnsubscribeAck {
+            packet_id: pid(id),
+            properties: Vec::new(),
+            reason_string: None,
+            status: codes
+                .into_iter()
+                .map(|c| {
+                    v5::UnsubscribeAckReason::try_from(c).unwrap_or(v5::UnsubscribeAckReason::UnspecifiedError)
+                })
+                .collect(),
+        }),
+        Outbound::PingResp => P::PingResponse,
+        Outbound::Disconnect(reason) => P::Disconnect(v5::Disconnect::new(
+            v5::DisconnectReasonCode::try_from(reason).unwrap_or(v5::DisconnectReasonCode::UnspecifiedError),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,197 @@
+//! Codec tests on raw bytes, so our own encoder cannot hide a decoder bug.
+
+use super::*;
+
+const CONNECT_V311: &[u8] = b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x3c\x00\x03abc";
+const CONNECT_V31: &[u8] = b"\x10\x11\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x03abc";
+const CONNECT_V5: &[u8] = b"\x10\x10\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x03abc";
+
+fn decode_all(bytes: &[u8]) -> Result<Vec<Inbound>, ProtocolError> {
+    let mut d = Decoder::new(1024);
+    let mut buf = BytesMut::from(bytes);
+    let mut out = Vec::new();
+    while let Some(p) = d.decode(&mut buf)? {
+        out.push(p);
+    }
+    Ok(out)
+}
+
+fn connected(connect: &[u8], rest: &[u8]) -> Result<Vec<Inbound>, ProtocolError> {
+    let mut bytes = connect.to_vec();
+    bytes.extend_from_slice(rest);
+    decode_all(&bytes).map(|mut v| v.split_off(1))
+}
+
+#[test]
+fn protocol_level_picks_the_version() {
+    for (bytes, version) in [
+        (CONNECT_V31, ProtocolVersion::V3_1),
+        (CONNECT_V311, ProtocolVersion::V3_1_1),
+        (CONNECT_V5, ProtocolVersion::V5),
+    ] {
+        let mut d = Decoder::new(1024);
+        let mut buf = BytesMut::from(bytes);
+        let Some(Inbound::Connect(c)) = d.decode(&mut buf).unwrap() else { panic!("no CONNECT") };
+        assert_eq!(c.version, version);
+        assert_eq!(c.client_id.as_str(), "abc");
+        assert_eq!(c.keep_alive, 60);
+        assert!(c.clean_start);
+        assert_eq!(d.version(), Some(version));
+    }
+}
+
+#[test]
+fn mqtt_3_1_0_1_first_packet_must_be_connect() {
+    // PINGREQ first
+    assert_eq!(decode_all(b"\xc0\x00"), Err(ProtocolError::FirstPacketNotConnect));
+    // PUBLISH first
+    assert_eq!(decode_all(b"\x30\x05\x00\x01a\x68\x69"), Err(ProtocolError::FirstPacketNotConnect));
+}
+
+#[test]
+fn mqtt_2_2_2_2_connect_with_reserved_flags_is_malformed() {
+    let mut bytes = CONNECT_V311.to_vec();
+    bytes[0] = 0x11;
+    assert_eq!(decode_all(&bytes), Err(ProtocolError::MalformedPacket));
+}
+
+#[test]
+fn unknown_protocol_name_or_level_is_refused() {
+    assert_eq!(decode_all(b"\x10\x0f\x00\x04MQTX\x04\x02\x00\x3c\x00\x03abc"), Err(ProtocolError::UnsupportedProtocol));
+    assert_eq!(decode_all(b"\x10\x0f\x00\x04MQTT\x07\x02\x00\x3c\x00\x03abc"), Err(ProtocolError::UnsupportedProtocol));
+}
+
+#[test]
+fn mqtt_1_5_5_remaining_length_over_four_bytes_is_malformed() {
+    let r = connected(CONNECT_V311, b"\x30\xff\xff\xff\xff\x7f");
+    assert!(matches!(r, Err(ProtocolError::MalformedPacket | ProtocolError::PacketTooLarge { .. })), "{r:?}");
+}
+
+#[test]
+fn packet_over_the_maximum_size_is_refused_before_it_is_read() {
+    // remaining length 2000 > max 1024; only the header has arrived
+    let r = connected(CONNECT_V311, b"\x30\xd0\x0f");
+    assert_eq!(r, Err(ProtocolError::PacketTooLarge { size: 2000, max: 1024 }));
+}
+
+#[test]
+fn truncated_packet_waits_for_more_bytes() {
+    // QoS 1 PUBLISH announcing 10 bytes, 4 present
+    assert_eq!(connected(CONNECT_V311, b"\x32\x0a\x00\x01a\x00"), Ok(vec![]));
+}
+
+#[test]
+fn truncated_qos1_publish_inside_its_length_is_malformed() {
+    // remaining length 3: topic "a" then only one byte where the packet id needs two
+    let r = connected(CONNECT_V311, b"\x32\x04\x00\x01a\x00");
+    assert!(r.is_err(), "{r:?}");
+}
+
+#[test]
+fn mqtt_1_5_3_1_invalid_utf8_in_topic_is_refused() {
+    let r = connected(CONNECT_V311, b"\x30\x05\x00\x02\xff\xfe\x00");
+    assert!(matches!(r, Err(ProtocolError::InvalidUtf8 | ProtocolError::MalformedPacket)), "{r:?}");
+}
+
+#[test]
+fn mqtt_3_8_1_1_subscribe_with_wrong_reserved_flags_is_malformed() {
+    let r = connected(CONNECT_V311, b"\x80\x06\x00\x01\x00\x01a\x00");
+    assert!(r.is_err(), "{r:?}");
+}
+
+#[test]
+fn subscribe_without_its_options_byte_is_malformed() {
+    let r = connected(CONNECT_V311, b"\x82\x05\x00\x01\x00\x01a");
+    assert!(r.is_err(), "{r:?}");
+    let r = connected(CONNECT_V5, b"\x82\x06\x00\x01\x00\x00\x01a");
+    assert!(r.is_err(), "{r:?}");
+}
+
+#[test]
+fn mqtt_3_3_1_4_publish_with_qos_3_is_malformed() {
+    let r = connected(CONNECT_V311, b"\x36\x05\x00\x01a\x00\x01");
+    assert!(r.is_err(), "{r:?}");
+}
+
+#[test]
+fn publish_decodes_topic_payload_qos_and_flags() {
+    let r = connected(CONNECT_V311, b"\x3b\x07\x00\x01a\x00\x05hi").unwrap();
+    let [Inbound::Publish(p)] = r.as_slice() else { panic!("{r:?}") };
+    assert_eq!((&*p.topic, p.qos, p.packet_id, p.retain, p.dup), ("a", QoS::AtLeastOnce, Some(5), true, true));
+    assert_eq!(&p.payload[..], b"hi");
+}
+
+#[test]
+fn second_connect_decodes_so_the_broker_can_refuse_it() {
+    let r = connected(CONNECT_V311, CONNECT_V311).unwrap();
+    assert!(matches!(r.as_slice(), [Inbound::Connect(_)]));
+}
+
+#[test]
+fn server_only_packets_from_a_client_are_flagged() {
+    let r = connected(CONNECT_V311, b"\x20\x02\x00\x00\xd0\x00").unwrap();
+    assert_eq!(r, vec![Inbound::ServerOnly, Inbound::ServerOnly]);
+}
+
+#[test]
+fn v5_disconnect_carries_its_reason_code() {
+    let r = connected(CONNECT_V5, b"\xe0\x02\x04\x00").unwrap();
+    assert_eq!(r, vec![Inbound::Disconnect { reason: 0x04, session_expiry: None }]);
+}
+
+#[test]
+fn encoder_writes_v311_connack_and_suback_bytes() {
+    let mut e = Encoder::new(ProtocolVersion::V3_1_1, 0);
+    let mut buf = BytesMut::new();
+    e.encode(
+        Outbound::ConnAck {
+            session_present: true,
+            code: ConnAckCode::Success,
+            assigned_client_id: None,
+            server_keep_alive: None,
+            receive_maximum: 10,
+            maximum_packet_size: 1024,
+        },
+        &mut buf,
+    )
+    .unwrap();
+    assert_eq!(&buf[..], b"\x20\x02\x01\x00");
+    buf.clear();
+    e.encode(
+        Outbound::SubAck(7, vec![SubAckCode::Granted(QoS::ExactlyOnce), SubAckCode::TopicFilterInvalid]),
+        &mut buf,
+    )
+    .unwrap();
+    assert_eq!(&buf[..], b"\x90\x04\x00\x07\x02\x80");
+    buf.clear();
+    e.encode(Outbound::Disconnect(0x8b), &mut buf).unwrap();
+    assert!(buf.is_empty(), "3.x has no server DISCONNECT");
+}
+
+#[test]
+fn mqtt_3_2_2_4_refused_connack_never_says_session_present() {
+    let mut e = Encoder::new(ProtocolVersion::V3_1_1, 0);
+    let mut buf = BytesMut::new();
+    e.encode(
+        Outbound::ConnAck {
+            session_present: true,
+            code: ConnAckCode::ClientIdRejected,
+            assigned_client_id: None,
+            server_keep_alive: None,
+            receive_maximum: 10,
+            maximum_packet_size: 1024,
+        },
+        &mut buf,
+    )
+    .unwrap();
+    assert_eq!(&buf[..], b"\x20\x02\x00\x02");
+}
+
+#[test]
+fn encoder_writes_v5_disconnect_with_reason() {
+    let mut e = Encoder::new(ProtocolVersion::V5, 0);
+    let mut buf = BytesMut::new();
+    e.encode(Outbound::Disconnect(0x8e), &mut buf).unwrap();
+    assert_eq!(buf[0], 0xe0, "DISCONNECT");
+    assert_eq!(buf[2], 0x8e, "reason code follows the remaining length");
+}

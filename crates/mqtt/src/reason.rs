@@ -1,0 +1,93 @@
+//! [`ProtocolError`]: every way a client can break the protocol, and the one place that
+//! maps each to its MQTT 5 reason code.
+
+use rmqtt_codec::error::DecodeError;
+use rmqtt_codec::v5::DisconnectReasonCode;
+
+/// A packet or a sequence of packets that breaks the MQTT spec. The connection is closed
+/// (after a DISCONNECT with [`ProtocolError::reason_code`] on MQTT 5, where the spec has one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// [MQTT-3.1.0-1] the first packet on a connection must be CONNECT.
+    #[error("first packet was not CONNECT")]
+    FirstPacketNotConnect,
+    /// [MQTT-3.1.0-2] a second CONNECT is a protocol violation.
+    #[error("second CONNECT on one connection")]
+    SecondConnect,
+    /// The bytes do not form a valid packet (bad length, truncated, bad flags).
+    #[error("malformed packet")]
+    MalformedPacket,
+    /// The protocol name or level in CONNECT is not MQTT 3.1, 3.1.1 or 5.0.
+    #[error("unsupported protocol name or level")]
+    UnsupportedProtocol,
+    /// A packet is larger than the configured maximum.
+    #[error("packet of {size} bytes exceeds the maximum of {max}")]
+    PacketTooLarge {
+        /// Remaining length announced by the packet.
+        size: u32,
+        /// The configured maximum.
+        max: u32,
+    },
+    /// [MQTT-1.5.3-1] strings must be well-formed UTF-8.
+    #[error("invalid UTF-8 in a string field")]
+    InvalidUtf8,
+    /// [MQTT-3.3.2-2] / [MQTT-4.7.3-1] the PUBLISH topic is empty or has wildcards.
+    #[error("invalid topic name in PUBLISH")]
+    InvalidTopicName,
+    /// A packet type a server never receives (CONNACK, SUBACK, ...).
+    #[error("packet type not allowed from a client")]
+    UnexpectedPacket,
+    /// A PUBACK/PUBREC/PUBCOMP for a packet id we never sent, or in the wrong state.
+    #[error("acknowledgement for unknown packet id")]
+    UnknownPacketId,
+    /// [MQTT-3.3.4-9] the client sent more unacknowledged QoS 1/2 PUBLISHes than our
+    /// Receive Maximum allows.
+    #[error("receive maximum exceeded")]
+    ReceiveMaximumExceeded,
+    /// An MQTT 5 topic alias that is 0, above our maximum, or not yet defined.
+    #[error("invalid topic alias")]
+    TopicAliasInvalid,
+    /// No packet within 1.5 × the keep-alive interval ([MQTT-3.1.2-24]).
+    #[error("keep-alive timeout")]
+    KeepAliveTimeout,
+}
+
+impl ProtocolError {
+    /// The MQTT 5 DISCONNECT reason code for this error.
+    pub fn reason_code(self) -> DisconnectReasonCode {
+        match self {
+            Self::FirstPacketNotConnect | Self::SecondConnect | Self::UnexpectedPacket => {
+                DisconnectReasonCode::ProtocolError
+            }
+            Self::UnknownPacketId => DisconnectReasonCode::ProtocolError,
+            Self::MalformedPacket | Self::InvalidUtf8 => DisconnectReasonCode::MalformedPacket,
+            Self::UnsupportedProtocol => DisconnectReasonCode::ProtocolError,
+            Self::PacketTooLarge { .. } => DisconnectReasonCode::PacketTooLarge,
+            Self::InvalidTopicName => DisconnectReasonCode::TopicNameInvalid,
+            Self::ReceiveMaximumExceeded => DisconnectReasonCode::ReceiveMaximumExceeded,
+            Self::TopicAliasInvalid => DisconnectReasonCode::TopicAliasInvalid,
+            Self::KeepAliveTimeout => DisconnectReasonCode::KeepAliveTimeout,
+        }
+    }
+}
+
+impl From<DecodeError> for ProtocolError {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::InvalidProtocol | DecodeError::UnsupportedProtocolLevel => Self::UnsupportedProtocol,
+            DecodeError::MaxSizeExceeded { size, max } => Self::PacketTooLarge { size, max },
+            DecodeError::Utf8Error => Self::InvalidUtf8,
+            DecodeError::InvalidTopicName => Self::InvalidTopicName,
+            DecodeError::UnsupportedPacketType => Self::MalformedPacket,
+            DecodeError::InvalidLength
+            | DecodeError::MalformedPacket
+            | DecodeError::ConnectReservedFlagSet
+            | DecodeError::InvalidConnectFlags
+            | DecodeError::ConnAckReservedFlagSet
+            | DecodeError::InvalidClientId
+            | DecodeError::PacketIdRequired
+            | DecodeError::InvalidTopicFilter
+            | DecodeError::Io(_) => Self::MalformedPacket,
+        }
+    }
+}

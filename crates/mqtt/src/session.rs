@@ -1,0 +1,311 @@
+//! One client's session, sans I/O: the bounded queue of deliveries waiting to be sent,
+//! the in-flight window of QoS 1/2 deliveries awaiting acknowledgement, packet-id
+//! allocation, the QoS 2 packet ids received but not yet released, and redelivery with
+//! DUP when the client reconnects.
+//!
+//! The broker keeps a `Session` per client id behind a mutex; publishers call
+//! [`Session::enqueue`], the client's connection calls [`Session::next_outgoing`] and the
+//! `on_*` acknowledgement handlers. Nothing here blocks or does I/O.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use telehub_core::{Message, QoS};
+
+use crate::{Outbound, ProtocolError};
+
+/// What to do when a session's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OverflowPolicy {
+    /// Refuse the new delivery (the oldest queued messages are kept).
+    #[default]
+    DropNew,
+    /// Drop the oldest queued delivery to make room for the new one.
+    DropOldest,
+}
+
+/// Limits of one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Deliveries waiting to be sent (not yet in flight), online or offline.
+    pub max_queued: usize,
+    /// QoS 1/2 deliveries in flight to the client at once. For MQTT 5 the client's
+    /// Receive Maximum lowers it further ([MQTT-3.3.4-7]).
+    pub max_inflight: u16,
+    /// What happens when `max_queued` is reached.
+    pub overflow: OverflowPolicy,
+}
+
+/// A message on its way to one subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The shared message.
+    pub message: Arc<Message>,
+    /// The QoS of this delivery: the lower of the message's and the subscription's.
+    pub qos: QoS,
+    /// The RETAIN flag to send.
+    pub retain: bool,
+}
+
+/// A delivery was not queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnqueueError {
+    /// The queue is full; the rejected delivery is handed back.
+    Full(Delivery),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// QoS 1 PUBLISH sent, waiting for PUBACK.
+    AwaitingPubAck,
+    /// QoS 2 PUBLISH sent, waiting for PUBREC.
+    AwaitingPubRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    AwaitingPubComp,
+}
+
+#[derive(Debug)]
+struct Inflight {
+    delivery: Delivery,
+    stage: Stage,
+    /// Send order, so a resumed session redelivers in the original order ([MQTT-4.6.0-1]).
+    seq: u64,
+}
+
+/// The state of one MQTT session (see the module docs).
+#[derive(Debug)]
+pub struct Session {
+    limits: SessionLimits,
+    /// The client's Receive Maximum for the current connection.
+    client_receive_maximum: u16,
+    queue: VecDeque<Delivery>,
+    inflight: HashMap<u16, Inflight>,
+    next_packet_id: u16,
+    next_seq: u64,
+    /// QoS 2 packet ids received (PUBREC sent) and not yet released by PUBREL.
+    incoming_qos2: HashSet<u16>,
+    dropped: u64,
+}
+
+impl Session {
+    /// An empty session.
+    pub fn new(limits: SessionLimits) -> Self {
+        Self {
+            limits,
+            client_receive_maximum: u16::MAX,
+            queue: VecDeque::new(),
+            inflight: HashMap::new(),
+            next_packet_id: 1,
+            next_seq: 0,
+            incoming_qos2: HashSet::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Deliveries dropped by the overflow policy since the session began.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Deliveries waiting to be sent.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// QoS 1/2 deliveries sent and not yet fully acknowledged.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// True when the queue has room for another delivery.
+    pub fn has_room(&self) -> bool {
+        self.queue.len() < self.limits.max_queued
+    }
+
+    /// Queues a delivery. QoS 0 deliveries and QoS 1/2 deliveries share the bound.
+    ///
+    /// # Errors
+    ///
+    /// [`EnqueueError::Full`] when the queue is full and the policy is
+    /// [`OverflowPolicy::DropNew`]; the caller decides whether to wait or count a drop.
+    /// With [`OverflowPolicy::DropOldest`] the oldest delivery is dropped (and counted)
+    /// instead, and this never fails.
+    pub fn enqueue(&mut self, delivery: Delivery) -> Result<(), EnqueueError> {
+        if self.queue.len() >= self.limits.max_queued {
+            match self.limits.overflow {
+                OverflowPolicy::DropNew => return Err(EnqueueError::Full(delivery)),
+                OverflowPolicy::DropOldest => {
+                    if self.queue.pop_front().is_some() {
+                        self.dropped += 1;
+                    }
+                    if self.limits.max_queued == 0 {
+                        self.dropped += 1;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        self.queue.push_back(delivery);
+        Ok(())
+    }
+
+    /// Counts a delivery the caller gave up on after [`EnqueueError::Full`].
+    pub fn count_drop(&mut self) {
+        self.dropped += 1;
+    }
+
+    /// Starts a new connection for this session: records the client's Receive Maximum
+    /// and returns what must be resent first: every unacknowledged QoS 1/2 PUBLISH with
+    /// DUP set and every PUBREL not yet completed, in their original order
+    /// ([MQTT-4.4.0-1], [MQTT-4.6.0-1]).
+    pub fn resume(&mut self, client_receive_maximum: u16) -> Vec<Outbound> {
+        self.client_receive_maximum = client_receive_maximum.max(1);
+        let mut pending: Vec<(&u16, &Inflight)> = self.inflight.iter().collect();
+        pending.sort_by_key(|(_, f)| f.seq);
+        pending
+            .into_iter()
+            .map(|(&id, f)| match f.stage {
+                Stage::AwaitingPubAck | Stage::AwaitingPubRec => Outbound::Publish {
+                    message: Arc::clone(&f.delivery.message),
+                    qos: f.delivery.qos,
+                    packet_id: Some(id),
+                    retain: f.delivery.retain,
+                    dup: true,
+                },
+                Stage::AwaitingPubComp => Outbound::PubRel(id),
+            })
+            .collect()
+    }
+
+    fn window(&self) -> usize {
+        usize::from(self.limits.max_inflight.min(self.client_receive_maximum).max(1))
+    }
+
+    /// Takes the next queued delivery that may be sent now, assigning a packet id to
+    /// QoS 1/2 deliveries and recording them as in flight. Returns `None` when the queue
+    /// is empty or the next QoS 1/2 delivery must wait for the in-flight window.
+    pub fn next_outgoing(&mut self) -> Option<Outbound> {
+        let front = self.queue.front()?;
+        if front.qos != QoS::AtMostOnce && self.inflight.len() >= self.window() {
+            return None;
+        }
+        let delivery = self.queue.pop_front()?;
+        let packet_id = match delivery.qos {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce | QoS::ExactlyOnce => {
+                let id = self.allocate_packet_id();
+                let stage = if delivery.qos == QoS::AtLeastOnce {
+                    Stage::AwaitingPubAck
+                } else {
+                    Stage::AwaitingPubRec
+                };
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.inflight.insert(id, Inflight { delivery: delivery.clone(), stage, seq });
+                Some(id)
+            }
+        };
+        Some(Outbound::Publish {
+            message: delivery.message,
+            qos: delivery.qos,
+            packet_id,
+            retain: delivery.retain,
+            dup: false,
+        })
+    }
+
+    /// [MQTT-2.3.1-2] a new QoS 1/2 PUBLISH uses a packet id not currently in use.
+    /// The caller guarantees the window (at most 65535) leaves one free.
+    fn allocate_packet_id(&mut self) -> u16 {
+        debug_assert!(self.inflight.len() < usize::from(u16::MAX));
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
+            if !self.inflight.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// PUBACK from the client: the QoS 1 delivery is complete.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtocolError::UnknownPacketId`] when `id` is not a QoS 1 delivery in flight.
+    pub fn on_puback(&mut self, id: u16) -> Result<(), ProtocolError> {
+        match self.inflight.get(&id) {
+            Some(f) if f.stage == Stage::AwaitingPubAck => {
+                self.inflight.remove(&id);
+                Ok(())
+            }
+            _ => Err(ProtocolError::UnknownPacketId),
+        }
+    }
+
+    /// PUBREC from the client: answer with PUBREL and wait for PUBCOMP ([MQTT-4.3.3-3]).
+    /// A repeated PUBREC (after a resend) is answered again.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtocolError::UnknownPacketId`] when `id` is not a QoS 2 delivery in flight.
+    pub fn on_pubrec(&mut self, id: u16) -> Result<Outbound, ProtocolError> {
+        match self.inflight.get_mut(&id) {
+            Some(f) if f.stage != Stage::AwaitingPubAck => {
+                f.stage = Stage::AwaitingPubComp;
+                Ok(Outbound::PubRel(id))
+            }
+            _ => Err(ProtocolError::UnknownPacketId),
+        }
+    }
+
+    /// PUBCOMP from the client: the QoS 2 delivery is complete.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtocolError::UnknownPacketId`] when `id` is not awaiting PUBCOMP.
+    pub fn on_pubcomp(&mut self, id: u16) -> Result<(), ProtocolError> {
+        match self.inflight.get(&id) {
+            Some(f) if f.stage == Stage::AwaitingPubComp => {
+                self.inflight.remove(&id);
+                Ok(())
+            }
+            _ => Err(ProtocolError::UnknownPacketId),
+        }
+    }
+
+    /// A QoS 2 PUBLISH arrived with `id`. Returns true when it is new and must be routed;
+    /// false for a duplicate of one not yet released, which must only be acknowledged
+    /// again ([MQTT-4.3.3-9]: deliver exactly once).
+    pub fn on_incoming_qos2(&mut self, id: u16) -> bool {
+        self.incoming_qos2.insert(id)
+    }
+
+    /// Number of QoS 2 PUBLISHes received and not yet released; these count against
+    /// our Receive Maximum together with unacknowledged QoS 1 PUBLISHes.
+    pub fn incoming_qos2_pending(&self) -> usize {
+        self.incoming_qos2.len()
+    }
+
+    /// PUBREL from the client: the packet id is free again. Returns the PUBCOMP reason
+    /// code: 0x00, or 0x92 (packet identifier not found) for an unknown id.
+    pub fn on_pubrel(&mut self, id: u16) -> u8 {
+        if self.incoming_qos2.remove(&id) { 0x00 } else { 0x92 }
+    }
+
+    /// Gives up on an in-flight delivery that could not be sent at all (e.g. larger
+    /// than the client's Maximum Packet Size), freeing its packet id.
+    pub fn abandon(&mut self, id: u16) {
+        self.inflight.remove(&id);
+    }
+
+    /// Forgets everything (clean start / clean session).
+    pub fn clear(&mut self) {
+        self.queue.clear();
+        self.inflight.clear();
+        self.incoming_qos2.clear();
+        self.next_packet_id = 1;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,138 @@
+//! [`Config`]: the whole config tree, composed of each crate's section, and how it is
+//! loaded: embedded default < `--config` file < `TELEHUB_*` environment < flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The commented default config, printed by `telehub config print`.
+pub const DEFAULT_TOML: &str = include_str!("telehub.toml");
+
+/// Top-level sections; `TELEHUB_*` variables outside them are not config
+/// (e.g. test settings) and are ignored.
+const SECTIONS: &[&str] = &["data_dir", "mqtt", "http"];
+
+/// Everything telehub is configured with.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where telehub keeps its data.
+    pub data_dir: PathBuf,
+    /// The MQTT broker.
+    pub mqtt: telehub_broker::Config,
+    /// The HTTP API.
+    pub http: HttpConfig,
+}
+
+/// The `[http]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the HTTP listener.
+    pub listen: SocketAddr,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./telehub-data"),
+            mqtt: telehub_broker::Config::default(),
+            http: HttpConfig { listen: SocketAddr::from(([0, 0, 0, 0], 8080)) },
+        }
+    }
+}
+
+/// Values given as command-line flags; each overrides every other layer.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--mqtt-listen`.
+    pub mqtt_listen: Option<SocketAddr>,
+    /// `--http-listen`.
+    pub http_listen: Option<SocketAddr>,
+    /// `--allow-anonymous`.
+    pub allow_anonymous: bool,
+}
+
+/// The config could not be loaded. The message names the key or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file, variable or value is wrong.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads the layers. `env` is the process environment, passed in so tests need not
+    /// touch the real one.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the unknown key, the wrong type, or the unreadable file.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            if let Err(e) = std::fs::metadata(path) {
+                return Err(ConfigError::Invalid(format!("cannot read config file {}: {e}", path.display())));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let key = k.strip_prefix("TELEHUB_")?.to_ascii_lowercase();
+                let section = key.split("__").next().unwrap_or_default();
+                SECTIONS.contains(&section).then(|| (key.replace("__", "."), v))
+            })
+            .collect();
+        for (key, value) in vars {
+            // numbers and booleans are parsed as such, anything else stays a string
+            let parsed: figment::value::Value = value.parse().unwrap_or_else(|e: std::convert::Infallible| match e {});
+            figment = figment.merge(Serialized::default(&key, parsed));
+        }
+        if let Some(dir) = &overrides.data_dir {
+            figment = figment.merge(Serialized::default("data_dir", dir));
+        }
+        if let Some(addr) = overrides.mqtt_listen {
+            figment = figment.merge(Serialized::default("mqtt.listen", addr));
+        }
+        if let Some(addr) = overrides.http_listen {
+            figment = figment.merge(Serialized::default("http.listen", addr));
+        }
+        if overrides.allow_anonymous {
+            figment = figment.merge(Serialized::default("mqtt.allow_anonymous", true));
+        }
+        figment.extract().map_err(|e| ConfigError::Invalid(describe(&e)))
+    }
+}
+
+/// One line per problem, each naming its key and where the value came from.
+fn describe(e: &figment::Error) -> String {
+    e.clone()
+        .into_iter()
+        .map(|e| {
+            let key = if e.path.is_empty() { String::new() } else { format!("`{}`: ", e.path.join(".")) };
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(s) => format!(" (from {s})"),
+                    None => format!(" (from {})", m.name),
+                })
+                .unwrap_or_default();
+            format!("{key}{}{source}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,75 @@
+//! Config layering and the errors a user sees for bad values.
+
+use super::*;
+
+fn load(file: Option<&str>, env: &[(&str, &str)], overrides: &Overrides) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("telehub.toml");
+    if let Some(text) = file {
+        std::fs::write(&path, text).unwrap();
+    }
+    let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+    Config::load(file.map(|_| path.as_path()), env, overrides)
+}
+
+fn message(r: Result<Config, ConfigError>) -> String {
+    r.unwrap_err().to_string()
+}
+
+#[test]
+fn embedded_default_toml_parses_to_config_default() {
+    assert_eq!(load(None, &[], &Overrides::default()).unwrap(), Config::default());
+}
+
+#[test]
+fn file_then_env_then_flags_override_in_order() {
+    let file = "[mqtt]\nlisten = \"127.0.0.1:1001\"\nmax_inflight = 7\n";
+    let c = load(Some(file), &[], &Overrides::default()).unwrap();
+    assert_eq!((c.mqtt.listen.port(), c.mqtt.max_inflight), (1001, 7));
+
+    let env = [("TELEHUB_MQTT__LISTEN", "127.0.0.1:1002"), ("TELEHUB_MQTT__MAX_INFLIGHT", "9")];
+    let c = load(Some(file), &env, &Overrides::default()).unwrap();
+    assert_eq!((c.mqtt.listen.port(), c.mqtt.max_inflight), (1002, 9));
+
+    let flags = Overrides { mqtt_listen: Some("127.0.0.1:1003".parse().unwrap()), ..Overrides::default() };
+    let c = load(Some(file), &env, &flags).unwrap();
+    assert_eq!((c.mqtt.listen.port(), c.mqtt.max_inflight), (1003, 9));
+}
+
+#[test]
+fn allow_anonymous_flag_sets_the_config_switch() {
+    let flags = Overrides { allow_anonymous: true, ..Overrides::default() };
+    assert!(load(None, &[], &flags).unwrap().mqtt.allow_anonymous);
+    assert!(!load(None, &[], &Overrides::default()).unwrap().mqtt.allow_anonymous);
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let m = message(load(Some("[mqtt]\nlisen = \"0.0.0.0:1\"\n"), &[], &Overrides::default()));
+    assert!(m.contains("lisen"), "{m}");
+    let m = message(load(Some("colour = 1\n"), &[], &Overrides::default()));
+    assert!(m.contains("colour"), "{m}");
+}
+
+#[test]
+fn wrong_type_is_named_with_its_key() {
+    let m = message(load(Some("[mqtt]\nmax_inflight = \"many\"\n"), &[], &Overrides::default()));
+    assert!(m.contains("mqtt.max_inflight"), "{m}");
+    let m = message(load(Some("[mqtt]\nconnect_timeout = \"ten\"\n"), &[], &Overrides::default()));
+    assert!(m.contains("mqtt.connect_timeout") && m.contains("invalid duration"), "{m}");
+    let m = message(load(None, &[("TELEHUB_MQTT__LISTEN", "nowhere")], &Overrides::default()));
+    assert!(m.contains("mqtt.listen"), "{m}");
+}
+
+#[test]
+fn unreadable_config_file_is_named() {
+    let missing = Path::new("/nonexistent/telehub.toml");
+    let m = Config::load(Some(missing), Vec::new(), &Overrides::default()).unwrap_err().to_string();
+    assert!(m.contains("/nonexistent/telehub.toml"), "{m}");
+}
+
+#[test]
+fn telehub_variables_outside_config_sections_are_ignored() {
+    let env = [("TELEHUB_TEST_POSTGRES_URL", "postgres://x"), ("PATH", "/bin")];
+    assert_eq!(load(None, &env, &Overrides::default()).unwrap(), Config::default());
+}

@@ -1,0 +1,153 @@
+//! The `telehub` command: flags → config → tracing → `App`. Nothing else lives here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use telehub::app::App;
+use telehub::config::{Config, DEFAULT_TOML, Overrides};
+
+#[derive(Parser, Debug)]
+#[command(name = "telehub", version, about = "IoT hub: MQTT broker, telemetry store, commands, rules, webhooks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file (TOML), layered over the embedded default.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides `data_dir`).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// MQTT/TCP listen address (overrides `mqtt.listen`).
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
+    mqtt_listen: Option<SocketAddr>,
+    /// HTTP listen address (overrides `http.listen`).
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
+    http_listen: Option<SocketAddr>,
+    /// Accept MQTT clients that present no credentials.
+    #[arg(long, global = true)]
+    allow_anonymous: bool,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// How long shutdown may take before telehub exits anyway.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = telehub_core_duration)]
+    shutdown_grace: Duration,
+}
+
+fn telehub_core_duration(s: &str) -> Result<Duration, String> {
+    telehub_core::duration::parse(s)
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the hub (the default).
+    Serve,
+    /// Inspect configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print the commented default config.
+    Print,
+    /// Print the effective config after every layer.
+    Show,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        data_dir: cli.data_dir.clone(),
+        mqtt_listen: cli.mqtt_listen,
+        http_listen: cli.http_listen,
+        allow_anonymous: cli.allow_anonymous,
+    };
+    if let Some(Command::Config(ConfigCommand::Print)) = cli.command {
+        print!("{DEFAULT_TOML}");
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::load(cli.config.as_deref(), std::env::vars(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("telehub: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(Command::Config(ConfigCommand::Show)) = cli.command {
+        match toml::to_string(&config) {
+            Ok(s) => print!("{s}"),
+            Err(e) => eprintln!("telehub: {e}"),
+        }
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("telehub: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let app = match App::bind(config).await {
+            Ok(app) => app,
+            Err(e) => {
+                eprintln!("telehub: {e}");
+                if let Some(source) = std::error::Error::source(&e) {
+                    eprintln!("  caused by: {source}");
+                }
+                return ExitCode::from(2);
+            }
+        };
+        match app.run_until(shutdown_signal(), cli.shutdown_grace).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "unclean shutdown");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
