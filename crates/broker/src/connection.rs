@@ -212,6 +212,7 @@ async fn run_connected(
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let stop_writer = CancellationToken::new();
     let writer = shared.tasks.spawn(write_loop(Writer {
+        initial,
         write,
         encoder: Encoder::new(version, connect.maximum_packet_size.unwrap_or(0)),
         control: control_rx,
@@ -501,6 +502,8 @@ impl Connection<'_> {
 }
 
 struct Writer {
+    /// CONNACK, then resent in-flight deliveries: written before anything else.
+    initial: Vec<Outbound>,
     write: OwnedWriteHalf,
     encoder: Encoder,
     control: mpsc::Receiver<Outbound>,
@@ -511,20 +514,29 @@ struct Writer {
     stats: Arc<Stats>,
 }
 
+impl Writer {
+    fn encode(&mut self, packet: Outbound, buf: &mut BytesMut) {
+        let is_publish = matches!(packet, Outbound::Publish { .. });
+        match self.encoder.encode(packet, buf) {
+            Ok(()) if is_publish => Stats::add(&self.stats.messages_sent, 1),
+            Ok(()) => {}
+            Err(e) => debug!(client_id = %self.entry.client_id, error = %e, "packet not encodable, not sent"),
+        }
+    }
+}
+
 /// Writes control packets first, then queued deliveries, many packets per `write`.
 /// Ends when the reader drops its control sender (after flushing) or on `stop`.
 async fn write_loop(mut w: Writer) {
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    for packet in std::mem::take(&mut w.initial) {
+        w.encode(packet, &mut buf);
+    }
     let mut control_open = true;
     loop {
         loop {
             match w.control.try_recv() {
-                Ok(packet) => {
-                    let is_publish = matches!(packet, Outbound::Publish { .. });
-                    if w.encoder.encode(packet, &mut buf).is_ok() && is_publish {
-                        Stats::add(&w.stats.messages_sent, 1);
-                    }
-                }
+                Ok(packet) => w.encode(packet, &mut buf),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     control_open = false;
@@ -561,12 +573,7 @@ async fn write_loop(mut w: Writer) {
             biased;
             _ = w.stop.cancelled() => return,
             packet = w.control.recv() => match packet {
-                Some(packet) => {
-                    let is_publish = matches!(packet, Outbound::Publish { .. });
-                    if w.encoder.encode(packet, &mut buf).is_ok() && is_publish {
-                        Stats::add(&w.stats.messages_sent, 1);
-                    }
-                }
+                Some(packet) => w.encode(packet, &mut buf),
                 None => control_open = false,
             },
             _ = w.waker.notified() => {}
