@@ -156,7 +156,9 @@ async fn run_connected(
         if !version.is_v5() && !connect.clean_start {
             return refuse(write, version, ConnAckCode::ClientIdRejected).await;
         }
-        let id = ClientId::new(format!("telehub-{conn:x}-{:x}", Instant::now().elapsed().as_nanos() ^ 0x5eed));
+        // unique by connection id, unguessable by a per-process random suffix
+        let salt = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), conn);
+        let id = ClientId::new(format!("telehub-{conn:x}-{salt:016x}"));
         assigned = version.is_v5().then(|| id.clone());
         id
     } else {
@@ -419,9 +421,8 @@ impl Connection<'_> {
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 let is_new = {
-                    let mut st = match self.entry.lock_owned(self.conn) {
-                        Ok(st) => st,
-                        Err(_) => return Ok(Some(Exit::TakenOver)),
+                    let Ok(mut st) = self.entry.lock_owned(self.conn) else {
+                        return Ok(Some(Exit::TakenOver));
                     };
                     if st.session.incoming_qos2_pending() >= usize::from(self.shared.config.receive_maximum) {
                         return Err(ProtocolError::ReceiveMaximumExceeded); // [MQTT-3.3.4-9]

@@ -72,6 +72,11 @@ impl SessionEntry {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn new_for_test(client_id: ClientId, limits: SessionLimits) -> Self {
+        Self::new(client_id, limits)
+    }
+
     fn lock(&self) -> MutexGuard<'_, SessionState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use telehub_broker::Broker;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -73,14 +74,15 @@ impl App {
             warn!("device credentials are not implemented yet: every MQTT client is accepted");
         }
         let shutdown = CancellationToken::new();
-        let broker = tokio::spawn(self.broker.run(shutdown.clone()));
+        let tasks = TaskTracker::new();
+        tasks.spawn(self.broker.run(shutdown.clone()));
+        tasks.close();
         signal.await;
         info!("shutting down");
         shutdown.cancel();
-        tokio::time::timeout(grace, broker)
+        tokio::time::timeout(grace, tasks.wait())
             .await
-            .context("tasks still running after the shutdown grace period")?
-            .context("broker task failed")?;
+            .context("tasks still running after the shutdown grace period")?;
         info!("stopped");
         Ok(())
     }

@@ -9,7 +9,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 /// The commented default config, printed by `telehub config print`.
-pub const DEFAULT_TOML: &str = include_str!("telehub.toml");
+pub const DEFAULT_TOML: &str = include_str!("../telehub.toml");
 
 /// Top-level sections; `TELEHUB_*` variables outside them are not config
 /// (e.g. test settings) and are ignored.

@@ -55,19 +55,20 @@ pub enum EnqueueError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
+#[allow(clippy::enum_variant_names)] // named for the packet awaited
+enum Awaiting {
     /// QoS 1 PUBLISH sent, waiting for PUBACK.
-    AwaitingPubAck,
+    PubAck,
     /// QoS 2 PUBLISH sent, waiting for PUBREC.
-    AwaitingPubRec,
+    PubRec,
     /// PUBREL sent, waiting for PUBCOMP.
-    AwaitingPubComp,
+    PubComp,
 }
 
 #[derive(Debug)]
 struct Inflight {
     delivery: Delivery,
-    stage: Stage,
+    stage: Awaiting,
     /// Send order, so a resumed session redelivers in the original order ([MQTT-4.6.0-1]).
     seq: u64,
 }
@@ -165,14 +166,14 @@ impl Session {
         pending
             .into_iter()
             .map(|(&id, f)| match f.stage {
-                Stage::AwaitingPubAck | Stage::AwaitingPubRec => Outbound::Publish {
+                Awaiting::PubAck | Awaiting::PubRec => Outbound::Publish {
                     message: Arc::clone(&f.delivery.message),
                     qos: f.delivery.qos,
                     packet_id: Some(id),
                     retain: f.delivery.retain,
                     dup: true,
                 },
-                Stage::AwaitingPubComp => Outbound::PubRel(id),
+                Awaiting::PubComp => Outbound::PubRel(id),
             })
             .collect()
     }
@@ -195,9 +196,9 @@ impl Session {
             QoS::AtLeastOnce | QoS::ExactlyOnce => {
                 let id = self.allocate_packet_id();
                 let stage = if delivery.qos == QoS::AtLeastOnce {
-                    Stage::AwaitingPubAck
+                    Awaiting::PubAck
                 } else {
-                    Stage::AwaitingPubRec
+                    Awaiting::PubRec
                 };
                 let seq = self.next_seq;
                 self.next_seq += 1;
@@ -234,7 +235,7 @@ impl Session {
     /// [`ProtocolError::UnknownPacketId`] when `id` is not a QoS 1 delivery in flight.
     pub fn on_puback(&mut self, id: u16) -> Result<(), ProtocolError> {
         match self.inflight.get(&id) {
-            Some(f) if f.stage == Stage::AwaitingPubAck => {
+            Some(f) if f.stage == Awaiting::PubAck => {
                 self.inflight.remove(&id);
                 Ok(())
             }
@@ -250,8 +251,8 @@ impl Session {
     /// [`ProtocolError::UnknownPacketId`] when `id` is not a QoS 2 delivery in flight.
     pub fn on_pubrec(&mut self, id: u16) -> Result<Outbound, ProtocolError> {
         match self.inflight.get_mut(&id) {
-            Some(f) if f.stage != Stage::AwaitingPubAck => {
-                f.stage = Stage::AwaitingPubComp;
+            Some(f) if f.stage != Awaiting::PubAck => {
+                f.stage = Awaiting::PubComp;
                 Ok(Outbound::PubRel(id))
             }
             _ => Err(ProtocolError::UnknownPacketId),
@@ -265,7 +266,7 @@ impl Session {
     /// [`ProtocolError::UnknownPacketId`] when `id` is not awaiting PUBCOMP.
     pub fn on_pubcomp(&mut self, id: u16) -> Result<(), ProtocolError> {
         match self.inflight.get(&id) {
-            Some(f) if f.stage == Stage::AwaitingPubComp => {
+            Some(f) if f.stage == Awaiting::PubComp => {
                 self.inflight.remove(&id);
                 Ok(())
             }
