@@ -21,10 +21,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::Shared;
 use crate::router::Subscriber;
 use crate::sessions::{self, AttachRequest, SessionEntry, Sessions};
 use crate::stats::Stats;
-use crate::Shared;
 
 /// Control packets (acks, SUBACK, PINGRESP) waiting for the writer. When full the
 /// reader waits, so a client that does not read stops being read from.
@@ -91,11 +91,19 @@ enum Exit {
 }
 
 /// Serves one TCP connection until it closes, is taken over, or `cancel` fires.
-pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, cancel: CancellationToken) {
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    cancel: CancellationToken,
+) {
     Stats::add(&shared.stats.connections_total, 1);
     let (read, write) = stream.into_split();
-    let mut reader =
-        Reader { read, buf: BytesMut::with_capacity(READ_BUFFER), decoder: Decoder::new(shared.config.max_packet_size) };
+    let mut reader = Reader {
+        read,
+        buf: BytesMut::with_capacity(READ_BUFFER),
+        decoder: Decoder::new(shared.config.max_packet_size),
+    };
     let first = tokio::select! {
         _ = cancel.cancelled() => return,
         r = tokio::time::timeout(shared.config.connect_timeout, reader.next(&shared.stats)) => r,
@@ -233,7 +241,7 @@ async fn run_connected(
         let packet = tokio::select! {
             biased;
             _ = cancel.cancelled() => {
-                break if shared_is_shutting_down(&cancel, &entry, conn) { Exit::Shutdown } else { Exit::TakenOver };
+                break if still_owns(&entry, conn) { Exit::Shutdown } else { Exit::TakenOver };
             }
             r = read_until(&mut reader, &shared.stats, deadline) => r,
         };
@@ -279,15 +287,21 @@ async fn run_connected(
     debug!(%peer, client_id = %client_id, "disconnected");
 }
 
-/// True when the cancellation came from server shutdown rather than a takeover: a
-/// takeover moves the session to another connection first.
-fn shared_is_shutting_down(_cancel: &CancellationToken, entry: &SessionEntry, conn: u64) -> bool {
+/// True while `conn` owns the session. A cancelled connection that still owns its
+/// session is being shut down; a takeover moves the session before cancelling.
+fn still_owns(entry: &SessionEntry, conn: u64) -> bool {
     entry.lock_owned(conn).is_ok()
 }
 
 /// Publishes a will now, or after its delay unless the client reconnects first
 /// (MQTT 5 Will Delay Interval; the session's expiry caps the delay).
-async fn send_will(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, generation: Option<u64>, will: Message, delay: Duration) {
+async fn send_will(
+    shared: &Arc<Shared>,
+    entry: &Arc<SessionEntry>,
+    generation: Option<u64>,
+    will: Message,
+    delay: Duration,
+) {
     let will = Arc::new(will);
     let delay = match generation.and_then(|_| Sessions::expiry_of(entry)) {
         Some(expiry) => delay.min(expiry),
@@ -300,7 +314,10 @@ async fn send_will(shared: &Arc<Shared>, entry: &Arc<SessionEntry>, generation: 
     let (shared, entry, generation) = (Arc::clone(shared), Arc::clone(entry), generation.unwrap_or_default());
     let tasks = shared.tasks.clone();
     tasks.spawn(async move {
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shared.stopping.cancelled() => return, // not published at shutdown
+        }
         if Sessions::is_still_gone(&entry, generation) {
             sessions::publish(&shared, None, will).await;
         }
@@ -371,13 +388,18 @@ impl Connection<'_> {
             Inbound::PingReq => self.send(Outbound::PingResp).await,
             Inbound::Disconnect { reason, session_expiry } => {
                 if let Some(secs) = session_expiry {
-                    let mut st = self.entry.lock_owned(self.conn).map_err(|_| ProtocolError::UnexpectedPacket)?;
+                    let mut st =
+                        self.entry.lock_owned(self.conn).map_err(|_| ProtocolError::UnexpectedPacket)?;
                     // [MQTT-3.14.2-2] a session that expired at disconnect may not be revived
                     if st.expiry == Some(Duration::ZERO) && secs != 0 {
                         return Err(ProtocolError::UnexpectedPacket);
                     }
                     let cap = self.shared.config.max_session_expiry;
-                    st.expiry = Some(if secs == u32::MAX { cap } else { Duration::from_secs(u64::from(secs)).min(cap) });
+                    st.expiry = Some(if secs == u32::MAX {
+                        cap
+                    } else {
+                        Duration::from_secs(u64::from(secs)).min(cap)
+                    });
                 }
                 Ok(Some(Exit::Disconnect(reason)))
             }
@@ -407,8 +429,13 @@ impl Connection<'_> {
             return Err(ProtocolError::TopicAliasInvalid);
         }
         let topic = TopicName::new(p.topic).map_err(|_| ProtocolError::InvalidTopicName)?;
-        let message =
-            Arc::new(Message { topic, payload: p.payload, qos: p.qos, retain: p.retain, properties: p.properties });
+        let message = Arc::new(Message {
+            topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: p.properties,
+        });
         Stats::add(&self.shared.stats.messages_received, 1);
         match (p.qos, p.packet_id) {
             (QoS::AtMostOnce, _) => {
@@ -438,7 +465,11 @@ impl Connection<'_> {
         }
     }
 
-    async fn subscribe(&mut self, packet_id: u16, filters: Vec<(bytestring::ByteString, SubOptions)>) -> Handled {
+    async fn subscribe(
+        &mut self,
+        packet_id: u16,
+        filters: Vec<(bytestring::ByteString, SubOptions)>,
+    ) -> Handled {
         let mut codes = Vec::with_capacity(filters.len());
         let mut retained = Vec::new();
         for (raw, options) in filters {

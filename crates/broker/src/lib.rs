@@ -53,6 +53,9 @@ pub(crate) struct Shared {
     pub(crate) hook: Option<Arc<dyn IngestHook>>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) tasks: TaskTracker,
+    /// Cancelled when the broker stops: ends tasks that outlive connections
+    /// (delayed wills, the session reaper).
+    pub(crate) stopping: CancellationToken,
 }
 
 /// A broker whose listener is bound but not yet accepting. See [`Broker::run`].
@@ -78,6 +81,7 @@ impl Broker {
             hook,
             stats: Arc::new(Stats::default()),
             tasks: TaskTracker::new(),
+            stopping: CancellationToken::new(),
             config,
         });
         Ok(Self { shared, listener, local_addr })
@@ -102,8 +106,9 @@ impl Broker {
     /// Meant to be spawned, not raced; cancel through `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         let Self { shared, listener, .. } = self;
-        shared.tasks.spawn(sessions::reap_expired(Arc::clone(&shared), shutdown.clone()));
+        shared.tasks.spawn(sessions::reap_expired(Arc::clone(&shared), shared.stopping.clone()));
         listener::accept_loop(Arc::clone(&shared), listener, shutdown).await;
+        shared.stopping.cancel();
         shared.tasks.close();
         shared.tasks.wait().await;
     }

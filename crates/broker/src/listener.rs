@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::{connection, Shared};
+use crate::{Shared, connection};
 
 /// Accepts until `shutdown` is cancelled. Accept errors (e.g. out of file descriptors)
 /// are logged and retried after a short pause instead of ending the listener.

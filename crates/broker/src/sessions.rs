@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use telehub_core::{ClientId, Message, QoS, TopicFilter};
-use telehub_mqtt::{Delivery, EnqueueError, Encoder, Outbound, Session, SessionLimits, SubOptions};
+use telehub_mqtt::{Delivery, Encoder, EnqueueError, Outbound, Session, SessionLimits, SubOptions};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::stats::Stats;
 use crate::Shared;
+use crate::stats::Stats;
 
 /// Mutable state of one session; guarded by [`SessionEntry::state`]. Never held across
 /// an `.await`.

@@ -11,7 +11,11 @@ use telehub::app::App;
 use telehub::config::{Config, DEFAULT_TOML, Overrides};
 
 #[derive(Parser, Debug)]
-#[command(name = "telehub", version, about = "IoT hub: MQTT broker, telemetry store, commands, rules, webhooks")]
+#[command(
+    name = "telehub",
+    version,
+    about = "IoT hub: MQTT broker, telemetry store, commands, rules, webhooks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -82,8 +82,11 @@ impl Router {
                 ["#"] => take(&mut node.multi, entry),
                 [level, rest @ ..] => {
                     let Some(child) = node.children.get_mut(*level) else { return false };
-                    let removed =
-                        if rest.is_empty() { take(&mut child.here, entry) } else { remove(child, rest, entry) };
+                    let removed = if rest.is_empty() {
+                        take(&mut child.here, entry)
+                    } else {
+                        remove(child, rest, entry)
+                    };
                     if child.is_empty() {
                         node.children.remove(*level);
                     }
@@ -135,7 +138,13 @@ impl Router {
         }
         let levels: Vec<&str> = topic.as_str().split('/').collect();
         let mut out = Vec::new();
-        walk(&self.trie.read().unwrap_or_else(|e| e.into_inner()), &levels, true, topic.is_dollar(), &mut out);
+        walk(
+            &self.trie.read().unwrap_or_else(|e| e.into_inner()),
+            &levels,
+            true,
+            topic.is_dollar(),
+            &mut out,
+        );
         merge_per_session(out)
     }
 

@@ -28,7 +28,8 @@ fn matched(router: &Router, topic: &str) -> Vec<(String, QoS)> {
 
 #[test]
 fn trie_agrees_with_the_reference_matcher() {
-    let filters = ["a/b", "a/+", "a/#", "#", "+/b", "+/+", "a/b/c", "+", "/+", "a//b", "$SYS/#", "+/b/#", "a/+/c"];
+    let filters =
+        ["a/b", "a/+", "a/#", "#", "+/b", "+/+", "a/b/c", "+", "/+", "a//b", "$SYS/#", "+/b/#", "a/+/c"];
     let topics = ["a/b", "a", "a/b/c", "b", "/x", "a//b", "$SYS/up", "x/b/y", "a/x/c", "a/b/"];
     let router = Router::default();
     let entries: Vec<_> = filters.iter().map(|f| entry(f)).collect();

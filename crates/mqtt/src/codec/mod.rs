@@ -14,8 +14,10 @@ use rmqtt_codec::{v3, v5};
 use telehub_core::{ClientId, Message, MessageProperties, QoS, TopicName};
 use tokio_util::codec::{Decoder as _, Encoder as _};
 
-use crate::packet::{ConnAckCode, Connect, Inbound, Outbound, ProtocolVersion, PublishIn, SubAckCode, SubOptions, Will};
 use crate::ProtocolError;
+use crate::packet::{
+    ConnAckCode, Connect, Inbound, Outbound, ProtocolVersion, PublishIn, SubAckCode, SubOptions, Will,
+};
 
 const CONNECT: u8 = 0x10;
 
@@ -116,7 +118,12 @@ impl Decoder {
     }
 }
 
-fn will_message(topic: ByteString, payload: bytes::Bytes, qos: WireQoS, retain: bool) -> Result<Message, ProtocolError> {
+fn will_message(
+    topic: ByteString,
+    payload: bytes::Bytes,
+    qos: WireQoS,
+    retain: bool,
+) -> Result<Message, ProtocolError> {
     Ok(Message {
         // [MQTT-3.1.2-?] the will topic is a topic name: no wildcards
         topic: TopicName::new(topic).map_err(|_| ProtocolError::InvalidTopicName)?,
@@ -432,13 +439,15 @@ fn v5_out(packet: Outbound) -> v5::Packet {
         }
         Outbound::PubAck(id, reason) => P::PublishAck(v5::PublishAck {
             packet_id: pid(id),
-            reason_code: v5::PublishAckReason::try_from(reason).unwrap_or(v5::PublishAckReason::UnspecifiedError),
+            reason_code: v5::PublishAckReason::try_from(reason)
+                .unwrap_or(v5::PublishAckReason::UnspecifiedError),
             properties: Vec::new(),
             reason_string: None,
         }),
         Outbound::PubRec(id, reason) => P::PublishReceived(v5::PublishAck {
             packet_id: pid(id),
-            reason_code: v5::PublishAckReason::try_from(reason).unwrap_or(v5::PublishAckReason::UnspecifiedError),
+            reason_code: v5::PublishAckReason::try_from(reason)
+                .unwrap_or(v5::PublishAckReason::UnspecifiedError),
             properties: Vec::new(),
             reason_string: None,
         }),
@@ -478,7 +487,8 @@ fn v5_out(packet: Outbound) -> v5::Packet {
             status: codes
                 .into_iter()
                 .map(|c| {
-                    v5::UnsubscribeAckReason::try_from(c).unwrap_or(v5::UnsubscribeAckReason::UnspecifiedError)
+                    v5::UnsubscribeAckReason::try_from(c)
+                        .unwrap_or(v5::UnsubscribeAckReason::UnspecifiedError)
                 })
                 .collect(),
         }),

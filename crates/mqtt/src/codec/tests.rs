@@ -57,8 +57,14 @@ fn mqtt_2_2_2_2_connect_with_reserved_flags_is_malformed() {
 
 #[test]
 fn unknown_protocol_name_or_level_is_refused() {
-    assert_eq!(decode_all(b"\x10\x0f\x00\x04MQTX\x04\x02\x00\x3c\x00\x03abc"), Err(ProtocolError::UnsupportedProtocol));
-    assert_eq!(decode_all(b"\x10\x0f\x00\x04MQTT\x07\x02\x00\x3c\x00\x03abc"), Err(ProtocolError::UnsupportedProtocol));
+    assert_eq!(
+        decode_all(b"\x10\x0f\x00\x04MQTX\x04\x02\x00\x3c\x00\x03abc"),
+        Err(ProtocolError::UnsupportedProtocol)
+    );
+    assert_eq!(
+        decode_all(b"\x10\x0f\x00\x04MQTT\x07\x02\x00\x3c\x00\x03abc"),
+        Err(ProtocolError::UnsupportedProtocol)
+    );
 }
 
 #[test]
@@ -117,7 +123,10 @@ fn mqtt_3_3_1_4_publish_with_qos_3_is_malformed() {
 fn publish_decodes_topic_payload_qos_and_flags() {
     let r = connected(CONNECT_V311, b"\x3b\x07\x00\x01a\x00\x05hi").unwrap();
     let [Inbound::Publish(p)] = r.as_slice() else { panic!("{r:?}") };
-    assert_eq!((&*p.topic, p.qos, p.packet_id, p.retain, p.dup), ("a", QoS::AtLeastOnce, Some(5), true, true));
+    assert_eq!(
+        (&*p.topic, p.qos, p.packet_id, p.retain, p.dup),
+        ("a", QoS::AtLeastOnce, Some(5), true, true)
+    );
     assert_eq!(&p.payload[..], b"hi");
 }
 
@@ -194,4 +203,52 @@ fn encoder_writes_v5_disconnect_with_reason() {
     e.encode(Outbound::Disconnect(0x8e), &mut buf).unwrap();
     assert_eq!(buf[0], 0xe0, "DISCONNECT");
     assert_eq!(buf[2], 0x8e, "reason code follows the remaining length");
+}
+
+/// A small deterministic PRNG (xorshift64*), so the no-panic sweep is repeatable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+#[test]
+fn random_bytes_after_connect_never_panic_and_always_terminate() {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    for round in 0..20_000 {
+        let connect = [CONNECT_V311, CONNECT_V5, CONNECT_V31][round % 3];
+        let mut bytes = connect.to_vec();
+        let len = (rng.next() % 64) as usize;
+        // bias the first byte towards valid packet types so decoding goes deep
+        bytes.push((((rng.next() % 15) + 1) << 4) as u8 | (rng.next() % 16) as u8);
+        bytes.extend((0..len).map(|_| rng.next() as u8));
+        let mut d = Decoder::new(1024);
+        let mut buf = BytesMut::from(&bytes[..]);
+        // each call either consumes a packet, needs more bytes, or fails: bounded loop
+        for _ in 0..bytes.len() + 2 {
+            match d.decode(&mut buf) {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}
+
+#[test]
+fn random_bytes_as_first_packet_never_panic() {
+    let mut rng = Rng(0x0bad_cafe_dead_beef);
+    for _ in 0..20_000 {
+        let len = (rng.next() % 48) as usize;
+        let mut bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        if let Some(b) = bytes.first_mut() {
+            *b = 0x10; // make it look like CONNECT so the version detection runs
+        }
+        let mut d = Decoder::new(1024);
+        let _ = d.decode(&mut BytesMut::from(&bytes[..]));
+    }
 }

@@ -195,11 +195,8 @@ impl Session {
             QoS::AtMostOnce => None,
             QoS::AtLeastOnce | QoS::ExactlyOnce => {
                 let id = self.allocate_packet_id();
-                let stage = if delivery.qos == QoS::AtLeastOnce {
-                    Awaiting::PubAck
-                } else {
-                    Awaiting::PubRec
-                };
+                let stage =
+                    if delivery.qos == QoS::AtLeastOnce { Awaiting::PubAck } else { Awaiting::PubRec };
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 self.inflight.insert(id, Inflight { delivery: delivery.clone(), stage, seq });

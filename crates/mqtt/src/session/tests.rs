@@ -130,7 +130,10 @@ fn full_queue_refuses_new_deliveries_with_drop_new() {
     s.enqueue(delivery(1, QoS::AtMostOnce)).unwrap();
     s.enqueue(delivery(2, QoS::AtMostOnce)).unwrap();
     assert!(!s.has_room());
-    assert_eq!(s.enqueue(delivery(3, QoS::AtMostOnce)), Err(EnqueueError::Full(delivery(3, QoS::AtMostOnce))));
+    assert_eq!(
+        s.enqueue(delivery(3, QoS::AtMostOnce)),
+        Err(EnqueueError::Full(delivery(3, QoS::AtMostOnce)))
+    );
     s.count_drop();
     assert_eq!(s.dropped(), 1);
     assert_eq!(publish_id(&s.next_outgoing().unwrap()).2, 1);

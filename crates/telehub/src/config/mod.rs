@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 /// The commented default config, printed by `telehub config print`.
@@ -95,7 +95,8 @@ impl Config {
             .collect();
         for (key, value) in vars {
             // numbers and booleans are parsed as such, anything else stays a string
-            let parsed: figment::value::Value = value.parse().unwrap_or_else(|e: std::convert::Infallible| match e {});
+            let parsed: figment::value::Value =
+                value.parse().unwrap_or_else(|e: std::convert::Infallible| match e {});
             figment = figment.merge(Serialized::default(&key, parsed));
         }
         if let Some(dir) = &overrides.data_dir {
