@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::Shared;
+use crate::hook::IngestAck;
 use crate::router::Subscriber;
 use crate::sessions::{self, AttachRequest, SessionEntry, Sessions};
 use crate::stats::Stats;
@@ -88,6 +89,8 @@ enum Exit {
     TakenOver,
     /// The server is shutting down.
     Shutdown,
+    /// An MQTT 3.x message could not be stored; closed unacknowledged.
+    IngestFailed,
 }
 
 /// Serves one TCP connection until it closes, is taken over, or `cancel` fires.
@@ -233,7 +236,17 @@ async fn run_connected(
         stats: Arc::clone(&shared.stats),
     }));
 
-    let mut conn_state = Connection { shared, entry: &entry, conn, control, client_id: &client_id };
+    let ingest_failed = CancellationToken::new();
+    let mut conn_state = Connection {
+        shared,
+        entry: &entry,
+        conn,
+        version,
+        control,
+        client_id: &client_id,
+        acker: None,
+        ingest_failed: ingest_failed.clone(),
+    };
     // [MQTT-3.1.2-24] 1.5 × keep-alive without any packet closes the connection
     let idle_limit = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     let exit = loop {
@@ -243,6 +256,7 @@ async fn run_connected(
             _ = cancel.cancelled() => {
                 break if still_owns(&entry, conn) { Exit::Shutdown } else { Exit::TakenOver };
             }
+            _ = ingest_failed.cancelled() => break Exit::IngestFailed,
             r = read_until(&mut reader, &shared.stats, deadline) => r,
         };
         let packet = match packet {
@@ -272,7 +286,13 @@ async fn run_connected(
         Exit::AuthNotSupported => (true, Some(0x8c)),
         Exit::TakenOver => (true, Some(0x8e)),
         Exit::Shutdown => (false, Some(0x8b)),
+        Exit::IngestFailed => (true, None),
     };
+    // held acknowledgements go out (as their commits finish) before the DISCONNECT
+    if let Some(acker) = conn_state.acker.take() {
+        drop(acker.queue);
+        let _ = tokio::time::timeout(FLUSH_GRACE, acker.task).await;
+    }
     if let (Some(reason), true) = (disconnect, version.is_v5()) {
         let _ = conn_state.control.try_send(Outbound::Disconnect(reason));
     }
@@ -308,7 +328,7 @@ async fn send_will(
         None => delay,
     };
     if delay.is_zero() || generation.is_none() {
-        sessions::publish(shared, None, will).await;
+        let _ = sessions::publish(shared, None, will).await;
         return;
     }
     let (shared, entry, generation) = (Arc::clone(shared), Arc::clone(entry), generation.unwrap_or_default());
@@ -319,7 +339,7 @@ async fn send_will(
             () = shared.stopping.cancelled() => return, // not published at shutdown
         }
         if Sessions::is_still_gone(&entry, generation) {
-            sessions::publish(&shared, None, will).await;
+            let _ = sessions::publish(&shared, None, will).await;
         }
     });
 }
@@ -343,8 +363,49 @@ struct Connection<'a> {
     shared: &'a Arc<Shared>,
     entry: &'a Arc<SessionEntry>,
     conn: u64,
+    version: ProtocolVersion,
     control: mpsc::Sender<Outbound>,
     client_id: &'a ClientId,
+    /// Holds acknowledgements until the hub has stored their messages.
+    acker: Option<Acker>,
+    /// Cancelled by the acker when an MQTT 3.x message could not be stored.
+    ingest_failed: CancellationToken,
+}
+
+struct Acker {
+    queue: mpsc::Sender<(Option<IngestAck>, Outbound)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Awaits each held acknowledgement in arrival order and passes the ack on to the
+/// writer. On a failed ingest, MQTT 5 gets the reason code; MQTT 3.x cannot be told,
+/// so the connection is closed unacknowledged and the client resends after reconnect.
+async fn ack_loop(
+    mut pending: mpsc::Receiver<(Option<IngestAck>, Outbound)>,
+    control: mpsc::Sender<Outbound>,
+    version: ProtocolVersion,
+    ingest_failed: CancellationToken,
+) {
+    while let Some((ack, packet)) = pending.recv().await {
+        let result = match ack {
+            Some(ack) => ack.await,
+            None => Ok(()),
+        };
+        let packet = match (result, packet) {
+            (Ok(()), packet) => packet,
+            (Err(e), _) if !version.is_v5() => {
+                debug!(error = %e, "ingest failed: closing the MQTT 3.x connection unacknowledged");
+                ingest_failed.cancel();
+                return;
+            }
+            (Err(e), Outbound::PubAck(id, _)) => Outbound::PubAck(id, e.reason_code()),
+            (Err(e), Outbound::PubRec(id, _)) => Outbound::PubRec(id, e.reason_code()),
+            (Err(_), packet) => packet,
+        };
+        if control.send(packet).await.is_err() {
+            return;
+        }
+    }
 }
 
 type Handled = Result<Option<Exit>, ProtocolError>;
@@ -439,12 +500,12 @@ impl Connection<'_> {
         Stats::add(&self.shared.stats.messages_received, 1);
         match (p.qos, p.packet_id) {
             (QoS::AtMostOnce, _) => {
-                sessions::publish(self.shared, Some(self.client_id), message).await;
+                let _ = sessions::publish(self.shared, Some(self.client_id), message).await;
                 Ok(None)
             }
             (QoS::AtLeastOnce, Some(id)) => {
-                sessions::publish(self.shared, Some(self.client_id), message).await;
-                self.send(Outbound::PubAck(id, 0)).await
+                let ack = sessions::publish(self.shared, Some(self.client_id), message).await;
+                self.ack_after(ack, Outbound::PubAck(id, 0)).await
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 let is_new = {
@@ -456,12 +517,42 @@ impl Connection<'_> {
                     }
                     st.session.on_incoming_qos2(id)
                 };
-                if is_new {
-                    sessions::publish(self.shared, Some(self.client_id), message).await;
-                }
-                self.send(Outbound::PubRec(id, 0)).await
+                let ack = if is_new {
+                    sessions::publish(self.shared, Some(self.client_id), message).await
+                } else {
+                    None // [MQTT-4.3.3-9] a resent PUBLISH is acknowledged, not routed again
+                };
+                self.ack_after(ack, Outbound::PubRec(id, 0)).await
             }
             _ => Err(ProtocolError::MalformedPacket),
+        }
+    }
+
+    /// Sends a PUBACK/PUBREC once `ack` (the hub's commit) resolves, keeping
+    /// acknowledgements in PUBLISH order ([MQTT-4.6.0-2]). The first held ack starts an
+    /// acker task; from then on every ack of this connection goes through it. At most
+    /// Receive Maximum acks wait; beyond that this reader waits too (backpressure).
+    async fn ack_after(&mut self, ack: Option<IngestAck>, packet: Outbound) -> Handled {
+        if ack.is_none() && self.acker.is_none() {
+            return self.send(packet).await;
+        }
+        let acker = match &self.acker {
+            Some(acker) => acker.queue.clone(),
+            None => {
+                let (queue, pending) = mpsc::channel(usize::from(self.shared.config.receive_maximum.max(1)));
+                let task = self.shared.tasks.spawn(ack_loop(
+                    pending,
+                    self.control.clone(),
+                    self.version,
+                    self.ingest_failed.clone(),
+                ));
+                self.acker = Some(Acker { queue: queue.clone(), task });
+                queue
+            }
+        };
+        match acker.send((ack, packet)).await {
+            Ok(()) => Ok(None),
+            Err(_) => Ok(Some(Exit::Closed)),
         }
     }
 

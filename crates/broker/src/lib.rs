@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::Config;
-pub use hook::IngestHook;
+pub use hook::{IngestAck, IngestError, IngestHook};
 pub use stats::Stats;
 
 /// Opening the broker failed.

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::Shared;
+use crate::hook::IngestAck;
 use crate::stats::Stats;
 
 /// Mutable state of one session; guarded by [`SessionEntry::state`]. Never held across
@@ -386,14 +387,16 @@ pub(crate) async fn reap_expired(shared: Arc<Shared>, shutdown: CancellationToke
 }
 
 /// Routes one accepted message: retained store, ingest hook, then every matching
-/// session's queue.
-pub(crate) async fn publish(shared: &Shared, from: Option<&ClientId>, message: Arc<Message>) {
+/// session's queue. Returns the hook's acknowledgement future, if it wants one awaited.
+pub(crate) async fn publish(
+    shared: &Shared,
+    from: Option<&ClientId>,
+    message: Arc<Message>,
+) -> Option<IngestAck> {
     if message.retain {
         shared.router.retain(&message);
     }
-    if let Some(hook) = &shared.hook {
-        hook.offer(from, &message);
-    }
+    let ack = shared.hook.as_ref().and_then(|hook| hook.offer(from, &message));
     for target in shared.router.targets(&message.topic) {
         if target.no_local && from == Some(&target.entry.client_id) {
             continue; // [MQTT-3.8.3-3] No Local
@@ -406,4 +409,5 @@ pub(crate) async fn publish(shared: &Shared, from: Option<&ClientId>, message: A
         };
         target.entry.enqueue(shared, delivery).await;
     }
+    ack
 }
