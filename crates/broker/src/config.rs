@@ -61,6 +61,9 @@ pub struct Config {
     /// Upper bound on the MQTT 5 Session Expiry Interval a client may ask for.
     #[serde(with = "telehub_core::duration")]
     pub max_session_expiry: Duration,
+    /// How often the `$SYS/broker/...` topics are published; `"0s"` turns them off.
+    #[serde(with = "telehub_core::duration")]
+    pub sys_interval: Duration,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             queue_full: QueueFull::DropNew,
             publish_backpressure: Duration::from_secs(5),
             max_session_expiry: Duration::from_secs(7 * 86_400),
+            sys_interval: Duration::from_secs(10),
         }
     }
 }

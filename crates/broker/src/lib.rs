@@ -11,6 +11,7 @@
 //! * `sessions`: persistent sessions by client id, takeover, expiry, wills.
 //! * [`hook`]: [`IngestHook`], how the hub sees every accepted message.
 //! * [`stats`]: [`Stats`], counters of connections, messages and drops.
+//! * `sys`: the `$SYS/broker/...` topics, published from [`Stats`].
 
 pub mod config;
 mod connection;
@@ -19,6 +20,7 @@ mod listener;
 mod router;
 mod sessions;
 pub mod stats;
+mod sys;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -107,6 +109,10 @@ impl Broker {
     pub async fn run(self, shutdown: CancellationToken) {
         let Self { shared, listener, .. } = self;
         shared.tasks.spawn(sessions::reap_expired(Arc::clone(&shared), shared.stopping.clone()));
+        if !shared.config.sys_interval.is_zero() {
+            let interval = shared.config.sys_interval;
+            shared.tasks.spawn(sys::publish_loop(Arc::clone(&shared), interval, shared.stopping.clone()));
+        }
         listener::accept_loop(Arc::clone(&shared), listener, shutdown).await;
         shared.stopping.cancel();
         shared.tasks.close();

@@ -251,6 +251,11 @@ impl Sessions {
         self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// Number of sessions, connected or not.
+    pub(crate) fn count(&self) -> usize {
+        self.map().len()
+    }
+
     fn map(&self) -> MutexGuard<'_, HashMap<ClientId, Arc<SessionEntry>>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -159,6 +159,19 @@ impl Router {
         }
     }
 
+    /// Number of retained messages.
+    pub(crate) fn retained_count(&self) -> usize {
+        self.retained.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Number of subscriptions (a session's filter counts once).
+    pub(crate) fn subscription_count(&self) -> usize {
+        fn count(node: &Node) -> usize {
+            node.here.len() + node.multi.len() + node.children.values().map(count).sum::<usize>()
+        }
+        count(&self.trie.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Retained messages whose topic matches `filter` ([MQTT-3.3.1-6]).
     pub(crate) fn retained_matching(&self, filter: &TopicFilter) -> Vec<Arc<Message>> {
         let retained = self.retained.read().unwrap_or_else(|e| e.into_inner());
