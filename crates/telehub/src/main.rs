@@ -104,17 +104,28 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let signal = match shutdown_signal() {
+            Ok(signal) => signal,
+            Err(e) => {
+                eprintln!("telehub: cannot install the SIGINT/SIGTERM handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let app = match App::bind(config).await {
             Ok(app) => app,
             Err(e) => {
-                eprintln!("telehub: {e}");
+                let message = e.to_string();
+                eprintln!("telehub: {message}");
                 if let Some(source) = std::error::Error::source(&e) {
-                    eprintln!("  caused by: {source}");
+                    let source = source.to_string();
+                    if !message.contains(&source) {
+                        eprintln!("  caused by: {source}");
+                    }
                 }
                 return ExitCode::from(2);
             }
         };
-        match app.run_until(shutdown_signal(), cli.shutdown_grace).await {
+        match app.run_until(signal, cli.shutdown_grace).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "unclean shutdown");
@@ -134,24 +145,27 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Installs the SIGINT and SIGTERM handlers now and returns a future that completes on
+/// either. Installed before anything is bound: a handler installed on first poll (as
+/// `tokio::signal::ctrl_c()` does) would leave a window after the start-up line in which a
+/// signal still has its default action and kills telehub without draining (exit 130/143).
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }

@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map};
+use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
 /// The commented default config, printed by `telehub config print`.
@@ -85,33 +86,57 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        let vars: Vec<(String, String)> = env
+        let vars: Vec<(String, String, String)> = env
             .into_iter()
             .filter_map(|(k, v)| {
                 let key = k.strip_prefix("TELEHUB_")?.to_ascii_lowercase();
                 let section = key.split("__").next().unwrap_or_default();
-                SECTIONS.contains(&section).then(|| (key.replace("__", "."), v))
+                SECTIONS.contains(&section).then(|| (key.replace("__", "."), v, k))
             })
             .collect();
-        for (key, value) in vars {
+        for (key, value, var) in vars {
             // numbers and booleans are parsed as such, anything else stays a string
             let parsed: figment::value::Value =
                 value.parse().unwrap_or_else(|e: std::convert::Infallible| match e {});
-            figment = figment.merge(Serialized::default(&key, parsed));
+            figment = figment.merge(Named::new(format!("environment variable {var}"), &key, parsed));
         }
         if let Some(dir) = &overrides.data_dir {
-            figment = figment.merge(Serialized::default("data_dir", dir));
+            figment = figment.merge(Named::new("--data-dir", "data_dir", dir));
         }
         if let Some(addr) = overrides.mqtt_listen {
-            figment = figment.merge(Serialized::default("mqtt.listen", addr));
+            figment = figment.merge(Named::new("--mqtt-listen", "mqtt.listen", addr));
         }
         if let Some(addr) = overrides.http_listen {
-            figment = figment.merge(Serialized::default("http.listen", addr));
+            figment = figment.merge(Named::new("--http-listen", "http.listen", addr));
         }
         if overrides.allow_anonymous {
-            figment = figment.merge(Serialized::default("mqtt.allow_anonymous", true));
+            figment = figment.merge(Named::new("--allow-anonymous", "mqtt.allow_anonymous", true));
         }
         figment.extract().map_err(|e| ConfigError::Invalid(describe(&e)))
+    }
+}
+
+/// One value at `key`, named for error messages after where it came from (an environment
+/// variable, a flag) rather than figment's default for [`Serialized`]: the line of Rust
+/// source that merged it, which tells an operator nothing.
+struct Named<T> {
+    name: String,
+    value: Serialized<T>,
+}
+
+impl<T: Serialize> Named<T> {
+    fn new(name: impl Into<String>, key: &str, value: T) -> Self {
+        Self { name: name.into(), value: Serialized::default(key, value) }
+    }
+}
+
+impl<T: Serialize> Provider for Named<T> {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name.clone())
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        self.value.data()
     }
 }
 

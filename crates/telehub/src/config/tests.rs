@@ -59,6 +59,8 @@ fn wrong_type_is_named_with_its_key() {
     assert!(m.contains("mqtt.connect_timeout") && m.contains("invalid duration"), "{m}");
     let m = message(load(None, &[("TELEHUB_MQTT__LISTEN", "nowhere")], &Overrides::default()));
     assert!(m.contains("mqtt.listen"), "{m}");
+    // the variable is named, not the line of Rust that merged it
+    assert!(m.contains("environment variable TELEHUB_MQTT__LISTEN") && !m.contains(".rs:"), "{m}");
 }
 
 #[test]

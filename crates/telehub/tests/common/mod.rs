@@ -1,0 +1,326 @@
+//! Shared end-to-end harness: spawns the built `telehub` binary on a free port with its own
+//! temp data dir, reads the bound port from its JSON log, stops it by PID (SIGTERM), and
+//! runs other programs (mosquitto, python) with bounded waits and kill-on-drop guards.
+
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The binary under test, built by cargo for this test run.
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_telehub");
+
+/// Upper bound for anything a test waits for. Never a speed assertion: only a bound that
+/// keeps a broken build from hanging the suite.
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A `telehub` command with a predictable environment: no `TELEHUB_*` variables leaking in
+/// from the developer's shell and `info` logging (the start-up line is at `info`).
+pub(crate) fn telehub_command() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("TELEHUB_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env("RUST_LOG", "info");
+    cmd
+}
+
+/// Lines read from one pipe of a child, shared with the thread that reads them.
+#[derive(Clone, Default)]
+pub(crate) struct Lines {
+    state: Arc<(Mutex<LinesState>, Condvar)>,
+}
+
+#[derive(Default)]
+struct LinesState {
+    lines: Vec<String>,
+    eof: bool,
+}
+
+impl Lines {
+    /// Starts a thread that reads `pipe` line by line until EOF.
+    fn read_from(pipe: impl Read + Send + 'static) -> (Self, thread::JoinHandle<()>) {
+        let lines = Self::default();
+        let shared = lines.clone();
+        let handle = thread::spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_owned();
+                        let (lock, cvar) = &*shared.state;
+                        lock.lock().unwrap().lines.push(line);
+                        cvar.notify_all();
+                    }
+                }
+            }
+            let (lock, cvar) = &*shared.state;
+            lock.lock().unwrap().eof = true;
+            cvar.notify_all();
+        });
+        (lines, handle)
+    }
+
+    /// Every line read so far.
+    pub(crate) fn snapshot(&self) -> Vec<String> {
+        self.state.0.lock().unwrap().lines.clone()
+    }
+
+    /// The first line (from the start) matching `pred`, waiting up to `timeout` for it.
+    /// `None` when the pipe closed or the time ran out without one.
+    pub(crate) fn wait_for(&self, timeout: Duration, mut pred: impl FnMut(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let (lock, cvar) = &*self.state;
+        let mut state = lock.lock().unwrap();
+        loop {
+            if let Some(line) = state.lines.iter().find(|l| pred(l)) {
+                return Some(line.clone());
+            }
+            let now = Instant::now();
+            if state.eof || now >= deadline {
+                return None;
+            }
+            state = cvar.wait_timeout(state, deadline - now).unwrap().0;
+        }
+    }
+}
+
+/// What a finished process left behind.
+#[derive(Debug)]
+pub(crate) struct Finished {
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: Vec<String>,
+    pub(crate) stderr: Vec<String>,
+}
+
+impl Finished {
+    pub(crate) fn stdout_text(&self) -> String {
+        self.stdout.join("\n")
+    }
+
+    pub(crate) fn stderr_text(&self) -> String {
+        self.stderr.join("\n")
+    }
+}
+
+/// A child process with its stdout and stderr collected line by line. Dropping it kills
+/// (SIGKILL) and reaps the process if it is still running, so a failing test never leaves
+/// it behind.
+pub(crate) struct Proc {
+    name: String,
+    child: Child,
+    exited: Option<ExitStatus>,
+    stdout: Lines,
+    stderr: Lines,
+    readers: Vec<thread::JoinHandle<()>>,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdin closed and stdout/stderr piped. Panics when it cannot start.
+    pub(crate) fn spawn(cmd: &mut Command) -> Self {
+        let name = format!(
+            "{} {}",
+            cmd.get_program().to_string_lossy(),
+            cmd.get_args().map(OsStr::to_string_lossy).collect::<Vec<_>>().join(" ")
+        );
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{name}`: {e}"));
+        let (stdout, out_reader) = Lines::read_from(child.stdout.take().expect("stdout is piped"));
+        let (stderr, err_reader) = Lines::read_from(child.stderr.take().expect("stderr is piped"));
+        Self { name, child, exited: None, stdout, stderr, readers: vec![out_reader, err_reader] }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn stdout(&self) -> &Lines {
+        &self.stdout
+    }
+
+    pub(crate) fn stderr(&self) -> &Lines {
+        &self.stderr
+    }
+
+    /// The first stdout line matching `pred`; panics with everything the process printed
+    /// when none shows up within [`TIMEOUT`].
+    pub(crate) fn expect_stdout(&self, what: &str, pred: impl FnMut(&str) -> bool) -> String {
+        self.stdout.wait_for(TIMEOUT, pred).unwrap_or_else(|| panic!("{}", self.report(what)))
+    }
+
+    /// The first stderr line matching `pred`, as [`Proc::expect_stdout`].
+    pub(crate) fn expect_stderr(&self, what: &str, pred: impl FnMut(&str) -> bool) -> String {
+        self.stderr.wait_for(TIMEOUT, pred).unwrap_or_else(|| panic!("{}", self.report(what)))
+    }
+
+    /// A panic message: what was awaited and what the process printed.
+    pub(crate) fn report(&self, what: &str) -> String {
+        format!(
+            "`{}`: {what} did not happen within {TIMEOUT:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.name,
+            self.stdout.snapshot().join("\n"),
+            self.stderr.snapshot().join("\n"),
+        )
+    }
+
+    /// Whether the process has exited (reaping it if so).
+    pub(crate) fn has_exited(&mut self) -> bool {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().expect("try_wait");
+        }
+        self.exited.is_some()
+    }
+
+    /// Sends `signal` (e.g. "TERM", "INT", "KILL") to the process by its PID. Panics if the
+    /// process already exited (its PID may belong to someone else by now).
+    pub(crate) fn signal(&mut self, signal: &str) {
+        assert!(!self.has_exited(), "`{}` exited before SIG{signal}: {:?}", self.name, self.exited);
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {} failed: {status}", self.pid());
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; kills it and panics if it
+    /// does not. Returns its status and everything it printed.
+    ///
+    /// Blocks the calling thread: from an async test, call it through `spawn_blocking`.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "polls a child process from a plain thread, never from a runtime worker"
+    )]
+    pub(crate) fn finish_within(mut self, timeout: Duration) -> Finished {
+        let deadline = Instant::now() + timeout;
+        while !self.has_exited() {
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                self.exited = self.child.wait().ok();
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
+                panic!("{}", self.report("exit"));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        // the pipes close when the process (and anything that inherited them) is gone
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        Finished {
+            status: self.exited.expect("exited"),
+            stdout: self.stdout.snapshot(),
+            stderr: self.stderr.snapshot(),
+        }
+    }
+
+    /// [`Proc::finish_within`] with [`TIMEOUT`].
+    pub(crate) fn finish(self) -> Finished {
+        self.finish_within(TIMEOUT)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if !self.has_exited() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `cmd` to completion, bounded by [`TIMEOUT`].
+pub(crate) fn run(cmd: &mut Command) -> Finished {
+    Proc::spawn(cmd).finish()
+}
+
+/// The port in telehub's start-up log line (`"mqtt":"127.0.0.1:PORT"`).
+pub(crate) fn parse_mqtt_port(line: &str) -> Option<u16> {
+    let rest = &line[line.find("\"mqtt\":\"")? + "\"mqtt\":\"".len()..];
+    let addr: SocketAddr = rest[..rest.find('"')?].parse().ok()?;
+    Some(addr.port())
+}
+
+/// A running `telehub serve` on 127.0.0.1 and a free port, with its own temp data dir.
+/// Dropping it kills the process if a test did not stop it.
+pub(crate) struct Telehub {
+    proc: Proc,
+    port: u16,
+    data: tempfile::TempDir,
+}
+
+impl Telehub {
+    /// Starts `telehub serve` and waits for its start-up line.
+    pub(crate) fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// As [`Telehub::start`], letting `configure` add flags or environment first.
+    pub(crate) fn start_with(configure: impl FnOnce(&mut Command)) -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut cmd = telehub_command();
+        cmd.arg("serve").arg("--data-dir").arg(data.path().join("data")).args([
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ]);
+        configure(&mut cmd);
+        let proc = Proc::spawn(&mut cmd);
+        let line = proc.expect_stderr("the start-up log line with the MQTT address", |l| {
+            l.contains("telehub started") && parse_mqtt_port(l).is_some()
+        });
+        let port = parse_mqtt_port(&line).expect("checked above");
+        Self { proc, port, data }
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The `--data-dir` given (below the temp dir, created by telehub).
+    pub(crate) fn data_dir(&self) -> std::path::PathBuf {
+        self.data.path().join("data")
+    }
+
+    /// Waits for a log line matching `pred`; panics with the whole log when none comes.
+    pub(crate) fn expect_log(&self, what: &str, pred: impl FnMut(&str) -> bool) -> String {
+        self.proc.expect_stderr(what, pred)
+    }
+
+    /// Sends `signal` by PID and waits (bounded) for the process to exit.
+    pub(crate) fn stop_with(mut self, signal: &str) -> Finished {
+        self.proc.signal(signal);
+        let Self { proc, data, .. } = self;
+        let finished = proc.finish();
+        drop(data);
+        finished
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit.
+    pub(crate) fn stop(self) -> Finished {
+        self.stop_with("TERM")
+    }
+}
