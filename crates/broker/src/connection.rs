@@ -114,6 +114,14 @@ pub(crate) async fn serve(
     let connect = match first {
         Ok(Ok(Some(Inbound::Connect(c)))) => c,
         Ok(Ok(_)) => return,
+        // [MQTT-3.1.3-8] the codec refuses an empty client id without clean session before
+        // `run_connected` can see it; the client must still get CONNACK 0x02 (5.0: 0x85)
+        // rather than a silently closed socket.
+        Ok(Err(ReadError::Protocol(ProtocolError::ClientIdRejected))) => {
+            let version = reader.decoder.version().unwrap_or(ProtocolVersion::V3_1_1);
+            debug!(%peer, ?version, "refused: empty client id without clean session");
+            return refuse(write, version, ConnAckCode::ClientIdRejected).await;
+        }
         Ok(Err(ReadError::Protocol(e))) => {
             Stats::add(&shared.stats.protocol_errors, 1);
             debug!(%peer, error = %e, "refused before CONNECT");
@@ -288,6 +296,9 @@ async fn run_connected(
         Exit::Shutdown => (false, Some(0x8b)),
         Exit::IngestFailed => (true, None),
     };
+    // end or park the session first, so a client reconnecting as soon as it sees the
+    // socket close finds the session in its final state
+    let generation = shared.sessions.detach(shared, &entry, conn);
     // held acknowledgements go out (as their commits finish) before the DISCONNECT
     if let Some(acker) = conn_state.acker.take() {
         drop(acker.queue);
@@ -300,7 +311,6 @@ async fn run_connected(
     if tokio::time::timeout(FLUSH_GRACE, writer).await.is_err() {
         stop_writer.cancel();
     }
-    let generation = shared.sessions.detach(shared, &entry, conn);
     if let (true, Some(will)) = (will_allowed, connect.will) {
         send_will(shared, &entry, generation, will.message, will.delay).await;
     }

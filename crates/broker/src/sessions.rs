@@ -275,6 +275,18 @@ impl Sessions {
             let existing = map.get(&req.client_id).cloned();
             let (entry, present) = match existing {
                 Some(old) if req.clean_start => {
+                    // [MQTT-3.1.4-2] clean start replaces the session, but a connection
+                    // still attached to the old one must be taken over all the same:
+                    // without this it stayed open on an ended session (found by
+                    // tests/sessions.rs). Clearing the owner first makes it exit as taken
+                    // over (MQTT 5: DISCONNECT 0x8E), not as shut down (0x8B).
+                    let mut old_st = old.lock();
+                    old_st.owner = None;
+                    old_st.waker = None;
+                    if let Some(kick) = old_st.kick.take() {
+                        kick.cancel();
+                    }
+                    drop(old_st);
                     let new = Arc::new(SessionEntry::new(req.client_id.clone(), limits));
                     map.insert(req.client_id.clone(), Arc::clone(&new));
                     ended = Some(old);
@@ -402,17 +414,33 @@ pub(crate) async fn publish(
         shared.router.retain(&message);
     }
     let ack = shared.hook.as_ref().and_then(|hook| hook.offer(from, &message));
+    route(shared, from, &message).await;
+    ack
+}
+
+/// Publishes a message of the broker's own (`$SYS`): retained store and subscribers, but
+/// not the ingest hook, which receives only what clients publish and their wills (its
+/// `None` publisher means a will). Without this the hub ingested the broker's counters
+/// as if they were wills (found by tests/ingest.rs).
+pub(crate) async fn publish_internal(shared: &Shared, message: Arc<Message>) {
+    if message.retain {
+        shared.router.retain(&message);
+    }
+    route(shared, None, &message).await;
+}
+
+/// Queues `message` for every matching session.
+async fn route(shared: &Shared, from: Option<&ClientId>, message: &Arc<Message>) {
     for target in shared.router.targets(&message.topic) {
         if target.no_local && from == Some(&target.entry.client_id) {
             continue; // [MQTT-3.8.3-3] No Local
         }
         let delivery = Delivery {
-            message: Arc::clone(&message),
+            message: Arc::clone(message),
             qos: message.qos.min(target.qos),
             // [MQTT-3.3.1-12] / [MQTT-3.3.1-13] Retain As Published
             retain: target.retain_as_published && message.retain,
         };
         target.entry.enqueue(shared, delivery).await;
     }
-    ack
 }

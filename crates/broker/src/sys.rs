@@ -30,7 +30,7 @@ pub(crate) async fn publish_loop(shared: Arc<Shared>, interval: Duration, stop: 
                 retain: true,
                 properties: MessageProperties::default(),
             });
-            let _ = sessions::publish(&shared, None, message).await;
+            sessions::publish_internal(&shared, message).await;
         }
     }
 }

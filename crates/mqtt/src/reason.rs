@@ -17,6 +17,11 @@ pub enum ProtocolError {
     /// The bytes do not form a valid packet (bad length, truncated, bad flags).
     #[error("malformed packet")]
     MalformedPacket,
+    /// [MQTT-3.1.3-8] CONNECT with a zero-byte client id and no clean session/start; the
+    /// codec refuses it, and the broker must answer with a CONNACK (3.x: 0x02 Identifier
+    /// rejected, 5.0: 0x85) before closing rather than just close.
+    #[error("zero-length client id without clean session")]
+    ClientIdRejected,
     /// The protocol name or level in CONNECT is not MQTT 3.1, 3.1.1 or 5.0.
     #[error("unsupported protocol name or level")]
     UnsupportedProtocol,
@@ -62,6 +67,9 @@ impl ProtocolError {
             Self::UnknownPacketId => DisconnectReasonCode::ProtocolError,
             Self::MalformedPacket | Self::InvalidUtf8 => DisconnectReasonCode::MalformedPacket,
             Self::UnsupportedProtocol => DisconnectReasonCode::ProtocolError,
+            // raised by CONNECT: the first is answered with CONNACK, a second one is a
+            // protocol error in any case
+            Self::ClientIdRejected => DisconnectReasonCode::ProtocolError,
             Self::PacketTooLarge { .. } => DisconnectReasonCode::PacketTooLarge,
             Self::InvalidTopicName => DisconnectReasonCode::TopicNameInvalid,
             Self::ReceiveMaximumExceeded => DisconnectReasonCode::ReceiveMaximumExceeded,
@@ -79,12 +87,13 @@ impl From<DecodeError> for ProtocolError {
             DecodeError::Utf8Error => Self::InvalidUtf8,
             DecodeError::InvalidTopicName => Self::InvalidTopicName,
             DecodeError::UnsupportedPacketType => Self::MalformedPacket,
+            // kept apart from MalformedPacket: the broker answers it with a CONNACK
+            DecodeError::InvalidClientId => Self::ClientIdRejected,
             DecodeError::InvalidLength
             | DecodeError::MalformedPacket
             | DecodeError::ConnectReservedFlagSet
             | DecodeError::InvalidConnectFlags
             | DecodeError::ConnAckReservedFlagSet
-            | DecodeError::InvalidClientId
             | DecodeError::PacketIdRequired
             | DecodeError::InvalidTopicFilter
             | DecodeError::Io(_) => Self::MalformedPacket,

@@ -49,6 +49,18 @@ fn mqtt_3_1_0_1_first_packet_must_be_connect() {
 }
 
 #[test]
+fn mqtt_3_1_3_8_empty_client_id_without_clean_session_is_its_own_error() {
+    // kept apart from MalformedPacket so the broker can answer CONNACK 0x02 / 0x85
+    let v311 = decode_all(b"\x10\x0c\x00\x04MQTT\x04\x00\x00\x3c\x00\x00");
+    assert_eq!(v311, Err(ProtocolError::ClientIdRejected));
+    let v5 = decode_all(b"\x10\x0d\x00\x04MQTT\x05\x00\x00\x3c\x00\x00\x00");
+    assert_eq!(v5, Err(ProtocolError::ClientIdRejected));
+    // with clean session it is accepted (the server assigns an id)
+    let clean = decode_all(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00").unwrap();
+    assert!(matches!(&clean[..], [Inbound::Connect(c)] if c.client_id.is_empty() && c.clean_start));
+}
+
+#[test]
 fn mqtt_2_2_2_2_connect_with_reserved_flags_is_malformed() {
     let mut bytes = CONNECT_V311.to_vec();
     bytes[0] = 0x11;
