@@ -1,0 +1,162 @@
+//! A raw MQTT 3.1.1 client on a `TcpStream`: CONNECT/CONNACK and SUBSCRIBE/SUBACK
+//! handshakes, then the scenarios read and write the socket themselves, many packets
+//! per syscall. A blocking twin serves the latency scenario, which runs on OS threads.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::wire::{self, CONNACK, SUBACK};
+
+/// Bytes read per `read` at most, and the starting capacity of a read buffer.
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
+
+/// Checks a CONNACK and SUBACK.
+fn check_connack(frame: &wire::Frame<'_>) -> Result<()> {
+    match frame.body {
+        [_, 0] => Ok(()),
+        [_, code] => bail!("CONNACK refused: return code {code}"),
+        _ => bail!("malformed CONNACK"),
+    }
+}
+
+fn check_suback(frame: &wire::Frame<'_>, packet_id: u16) -> Result<()> {
+    if frame.packet_id()? != packet_id {
+        bail!("SUBACK for another packet id");
+    }
+    match frame.body.get(2) {
+        Some(0x80) | None => bail!("SUBSCRIBE refused"),
+        Some(_) => Ok(()),
+    }
+}
+
+/// An async connection after CONNACK. Bytes read past a handshake stay in `rbuf`.
+pub(crate) struct Conn {
+    pub(crate) stream: TcpStream,
+    pub(crate) rbuf: BytesMut,
+}
+
+impl Conn {
+    /// Connects and completes CONNECT/CONNACK.
+    pub(crate) async fn connect(addr: SocketAddr, client_id: &str, keep_alive: u16) -> Result<Self> {
+        Self::connect_with_buffer(addr, client_id, keep_alive, READ_CHUNK).await
+    }
+
+    /// As [`Conn::connect`] with a read buffer of `capacity` bytes (small for idle
+    /// connections).
+    pub(crate) async fn connect_with_buffer(
+        addr: SocketAddr,
+        client_id: &str,
+        keep_alive: u16,
+        capacity: usize,
+    ) -> Result<Self> {
+        let stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        let mut conn = Self { stream, rbuf: BytesMut::with_capacity(capacity) };
+        let mut out = BytesMut::new();
+        wire::connect(&mut out, client_id, keep_alive);
+        conn.stream.write_all(&out).await?;
+        conn.expect(CONNACK, check_connack).await.with_context(|| format!("{client_id}: CONNECT"))?;
+        Ok(conn)
+    }
+
+    /// Subscribes to `filter` at `qos` and waits for the SUBACK.
+    pub(crate) async fn subscribe(&mut self, filter: &str, qos: u8) -> Result<()> {
+        let mut out = BytesMut::new();
+        wire::subscribe(&mut out, 1, filter, qos);
+        self.stream.write_all(&out).await?;
+        self.expect(SUBACK, |f| check_suback(f, 1)).await.context("SUBSCRIBE")
+    }
+
+    /// Reads until a packet of `kind` arrives and checks it; other packets before it are
+    /// an error (nothing else is expected during a handshake).
+    async fn expect(&mut self, kind: u8, check: impl Fn(&wire::Frame<'_>) -> Result<()>) -> Result<()> {
+        loop {
+            if let Some((frame, used)) = wire::parse(&self.rbuf)? {
+                if frame.kind() != kind {
+                    bail!("expected packet 0x{kind:02x}, got 0x{:02x}", frame.header);
+                }
+                check(&frame)?;
+                self.rbuf.advance(used);
+                return Ok(());
+            }
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                bail!("connection closed by the broker");
+            }
+        }
+    }
+
+    /// Reads more bytes into `rbuf`; an error at end of stream.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: bytes read stay in `rbuf`.
+    pub(crate) async fn fill(&mut self) -> Result<usize> {
+        self.rbuf.reserve(READ_CHUNK);
+        let n = self.stream.read_buf(&mut self.rbuf).await?;
+        if n == 0 {
+            bail!("connection closed by the broker");
+        }
+        Ok(n)
+    }
+}
+
+/// A blocking connection after CONNACK, for the latency scenario's threads.
+pub(crate) struct SyncConn {
+    pub(crate) stream: std::net::TcpStream,
+    pub(crate) rbuf: BytesMut,
+}
+
+impl SyncConn {
+    pub(crate) fn connect(addr: SocketAddr, client_id: &str, keep_alive: u16) -> Result<Self> {
+        let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut conn = Self { stream, rbuf: BytesMut::with_capacity(READ_CHUNK) };
+        let mut out = BytesMut::new();
+        wire::connect(&mut out, client_id, keep_alive);
+        conn.stream.write_all(&out)?;
+        conn.expect(CONNACK, check_connack).with_context(|| format!("{client_id}: CONNECT"))?;
+        Ok(conn)
+    }
+
+    pub(crate) fn subscribe(&mut self, filter: &str, qos: u8) -> Result<()> {
+        let mut out = BytesMut::new();
+        wire::subscribe(&mut out, 1, filter, qos);
+        self.stream.write_all(&out)?;
+        self.expect(SUBACK, |f| check_suback(f, 1)).context("SUBSCRIBE")
+    }
+
+    fn expect(&mut self, kind: u8, check: impl Fn(&wire::Frame<'_>) -> Result<()>) -> Result<()> {
+        loop {
+            if let Some((frame, used)) = wire::parse(&self.rbuf)? {
+                if frame.kind() != kind {
+                    bail!("expected packet 0x{kind:02x}, got 0x{:02x}", frame.header);
+                }
+                check(&frame)?;
+                self.rbuf.advance(used);
+                return Ok(());
+            }
+            if self.fill()? == 0 {
+                bail!("connection closed by the broker");
+            }
+        }
+    }
+
+    /// Reads more bytes into `rbuf`: `Ok(0)` at end of stream; a read timeout is
+    /// reported as an error of kind `WouldBlock`/`TimedOut`.
+    pub(crate) fn fill(&mut self) -> std::io::Result<usize> {
+        let start = self.rbuf.len();
+        self.rbuf.resize(start + READ_CHUNK, 0);
+        let r = self.stream.read(&mut self.rbuf[start..]);
+        let n = *r.as_ref().unwrap_or(&0);
+        self.rbuf.truncate(start + n);
+        r
+    }
+}

@@ -1,0 +1,225 @@
+//! The few MQTT 3.1.1 packets the generator speaks, encoded into and parsed out of byte
+//! buffers in place (no I/O, no allocation per packet).
+
+use anyhow::{Result, bail};
+use bytes::{BufMut, BytesMut};
+
+/// Packet types (the high nibble of the first byte).
+pub(crate) const CONNACK: u8 = 0x20;
+pub(crate) const PUBLISH: u8 = 0x30;
+pub(crate) const PUBACK: u8 = 0x40;
+pub(crate) const SUBACK: u8 = 0x90;
+pub(crate) const PINGRESP: u8 = 0xd0;
+
+fn put_remaining_length(buf: &mut BytesMut, mut len: usize) {
+    loop {
+        #[allow(clippy::cast_possible_truncation)]
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        buf.put_u8(byte);
+        if len == 0 {
+            break;
+        }
+    }
+}
+
+fn put_str(buf: &mut BytesMut, s: &str) {
+    let len = u16::try_from(s.len()).expect("MQTT strings are at most 65535 bytes");
+    buf.put_u16(len);
+    buf.put_slice(s.as_bytes());
+}
+
+/// CONNECT, MQTT 3.1.1, clean session, no will, no credentials.
+pub(crate) fn connect(buf: &mut BytesMut, client_id: &str, keep_alive: u16) {
+    buf.put_u8(0x10);
+    put_remaining_length(buf, 10 + 2 + client_id.len());
+    put_str(buf, "MQTT");
+    buf.put_u8(4); // protocol level 3.1.1
+    buf.put_u8(0x02); // clean session
+    buf.put_u16(keep_alive);
+    put_str(buf, client_id);
+}
+
+/// SUBSCRIBE to one filter at `qos`.
+pub(crate) fn subscribe(buf: &mut BytesMut, packet_id: u16, filter: &str, qos: u8) {
+    buf.put_u8(0x82);
+    put_remaining_length(buf, 2 + 2 + filter.len() + 1);
+    buf.put_u16(packet_id);
+    put_str(buf, filter);
+    buf.put_u8(qos);
+}
+
+pub(crate) fn puback(buf: &mut BytesMut, packet_id: u16) {
+    buf.put_u8(PUBACK);
+    buf.put_u8(2);
+    buf.put_u16(packet_id);
+}
+
+pub(crate) fn pingreq(buf: &mut BytesMut) {
+    buf.put_slice(&[0xc0, 0x00]);
+}
+
+pub(crate) fn disconnect(buf: &mut BytesMut) {
+    buf.put_slice(&[0xe0, 0x00]);
+}
+
+/// One PUBLISH encoded once and copied per message; only the packet id and the first
+/// 8 payload bytes (a sequence number or a timestamp) change.
+pub(crate) struct PublishTemplate {
+    frame: Vec<u8>,
+    id_at: Option<usize>,
+    stamp_at: usize,
+}
+
+impl PublishTemplate {
+    /// `payload_len` is at least 8 (room for the stamp).
+    pub(crate) fn new(topic: &str, qos: u8, payload_len: usize) -> Self {
+        let payload_len = payload_len.max(8);
+        let mut buf = BytesMut::new();
+        buf.put_u8(PUBLISH | (qos << 1));
+        put_remaining_length(&mut buf, 2 + topic.len() + if qos > 0 { 2 } else { 0 } + payload_len);
+        put_str(&mut buf, topic);
+        let id_at = (qos > 0).then(|| {
+            buf.put_u16(0);
+            buf.len() - 2
+        });
+        let stamp_at = buf.len();
+        // a recognisable, incompressible-enough filler
+        buf.extend((0..payload_len).map(|i| b'a' + (i % 26) as u8));
+        Self { frame: buf.to_vec(), id_at, stamp_at }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.frame.len()
+    }
+
+    /// Appends one PUBLISH with `packet_id` (ignored at QoS 0) and `stamp`.
+    pub(crate) fn put(&self, buf: &mut BytesMut, packet_id: u16, stamp: u64) {
+        let start = buf.len();
+        buf.extend_from_slice(&self.frame);
+        let frame = &mut buf[start..];
+        if let Some(at) = self.id_at {
+            frame[at..at + 2].copy_from_slice(&packet_id.to_be_bytes());
+        }
+        frame[self.stamp_at..self.stamp_at + 8].copy_from_slice(&stamp.to_be_bytes());
+    }
+}
+
+/// A packet parsed in place.
+pub(crate) struct Frame<'a> {
+    pub(crate) header: u8,
+    pub(crate) body: &'a [u8],
+}
+
+impl Frame<'_> {
+    pub(crate) fn kind(&self) -> u8 {
+        self.header & 0xf0
+    }
+
+    /// A PUBLISH's packet id (QoS 1/2 only) and payload.
+    pub(crate) fn publish(&self) -> Result<(Option<u16>, &[u8])> {
+        let body = self.body;
+        if body.len() < 2 {
+            bail!("PUBLISH too short");
+        }
+        let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+        let mut at = 2 + topic_len;
+        let qos = (self.header >> 1) & 0x03;
+        let id = if qos > 0 {
+            if body.len() < at + 2 {
+                bail!("PUBLISH too short");
+            }
+            at += 2;
+            Some(u16::from_be_bytes([body[at - 2], body[at - 1]]))
+        } else {
+            None
+        };
+        if body.len() < at {
+            bail!("PUBLISH too short");
+        }
+        Ok((id, &body[at..]))
+    }
+
+    /// The packet id of a PUBACK or SUBACK.
+    pub(crate) fn packet_id(&self) -> Result<u16> {
+        match self.body {
+            [a, b, ..] => Ok(u16::from_be_bytes([*a, *b])),
+            _ => bail!("packet 0x{:02x} too short", self.header),
+        }
+    }
+}
+
+/// Reads the stamp [`PublishTemplate::put`] wrote into a payload.
+pub(crate) fn stamp_of(payload: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = payload.get(..8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+/// Parses the packet at the start of `buf`: the frame and its total length, or `None`
+/// when `buf` does not hold all of it yet.
+pub(crate) fn parse(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>> {
+    let Some(&header) = buf.first() else { return Ok(None) };
+    let mut len = 0usize;
+    let mut shift = 0;
+    let mut at = 1;
+    loop {
+        let Some(&byte) = buf.get(at) else { return Ok(None) };
+        at += 1;
+        len |= usize::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift > 21 {
+            bail!("malformed remaining length");
+        }
+    }
+    if buf.len() < at + len {
+        return Ok(None);
+    }
+    Ok(Some((Frame { header, body: &buf[at..at + len] }, at + len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_round_trips_through_parse() {
+        for qos in [0, 1] {
+            let t = PublishTemplate::new("lg/x/1", qos, 64);
+            let mut buf = BytesMut::new();
+            t.put(&mut buf, 7, 0xdead_beef);
+            t.put(&mut buf, 8, 42);
+            assert_eq!(buf.len(), 2 * t.len());
+            let (frame, used) = parse(&buf).unwrap().unwrap();
+            assert_eq!(used, t.len());
+            assert_eq!(frame.kind(), PUBLISH);
+            let (id, payload) = frame.publish().unwrap();
+            assert_eq!(id, (qos > 0).then_some(7));
+            assert_eq!(payload.len(), 64);
+            assert_eq!(stamp_of(payload), Some(0xdead_beef));
+        }
+    }
+
+    #[test]
+    fn remaining_length_uses_several_bytes_when_needed() {
+        let t = PublishTemplate::new("t", 0, 300);
+        let mut buf = BytesMut::new();
+        t.put(&mut buf, 0, 1);
+        assert_eq!(&buf[..3], &[0x30, 0xaf, 0x02]); // 2 + 1 + 300 = 303 = 2 × 128 + 47
+        assert!(parse(&buf[..buf.len() - 1]).unwrap().is_none());
+        let (frame, _) = parse(&buf).unwrap().unwrap();
+        assert_eq!(frame.publish().unwrap().1.len(), 300);
+    }
+
+    #[test]
+    fn connect_has_the_3_1_1_header() {
+        let mut buf = BytesMut::new();
+        connect(&mut buf, "c1", 60);
+        assert_eq!(&buf[..], b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02c1");
+    }
+}
