@@ -13,7 +13,7 @@ use telehub_mqtt::{
     ConnAckCode, Connect, Decoder, Delivery, Encoder, Inbound, Outbound, ProtocolError, ProtocolVersion,
     PublishIn, SubAckCode, SubOptions,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, mpsc};
@@ -32,7 +32,7 @@ use crate::stats::Stats;
 const CONTROL_QUEUE: usize = 64;
 /// Bytes encoded per write before the writer yields.
 const WRITE_BATCH: usize = 64 * 1024;
-/// Read buffer to start with; grows to the largest packet in flight.
+/// Read buffer taken per readiness while data flows; grows to the largest packet.
 const READ_BUFFER: usize = 4 * 1024;
 /// How long a closing connection waits for its writer to flush.
 const FLUSH_GRACE: Duration = Duration::from_secs(1);
@@ -58,19 +58,34 @@ struct Reader {
 impl Reader {
     /// Reads the next packet; `None` at end of stream.
     ///
+    /// The read buffer exists only while bytes are waiting to be decoded: an idle
+    /// connection holds none (docs/perf.md, idle connections), and a busy one takes a
+    /// fresh [`READ_BUFFER`] per readiness, which the decoded payloads then share.
+    ///
     /// # Cancel safety
     ///
-    /// Cancel safe: partial bytes stay in `self.buf` and the decoder keeps its state.
+    /// Cancel safe: partial bytes stay in `self.buf` and the decoder keeps its state;
+    /// the only await is `readable()`, which consumes nothing.
     async fn next(&mut self, stats: &Stats) -> Result<Option<Inbound>, ReadError> {
         loop {
-            if let Some(packet) = self.decoder.decode(&mut self.buf)? {
+            if !self.buf.is_empty()
+                && let Some(packet) = self.decoder.decode(&mut self.buf)?
+            {
                 return Ok(Some(packet));
             }
-            let n = self.read.read_buf(&mut self.buf).await.map_err(ReadError::Io)?;
-            if n == 0 {
-                return Ok(None);
+            if self.buf.is_empty() && self.buf.capacity() > 0 {
+                self.buf = BytesMut::new();
             }
-            Stats::add(&stats.bytes_received, n as u64);
+            self.read.readable().await.map_err(ReadError::Io)?;
+            if self.buf.capacity() - self.buf.len() < READ_BUFFER / 4 {
+                self.buf.reserve(READ_BUFFER);
+            }
+            match self.read.try_read_buf(&mut self.buf) {
+                Ok(0) => return Ok(None),
+                Ok(n) => Stats::add(&stats.bytes_received, n as u64),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(ReadError::Io(e)),
+            }
         }
     }
 }
@@ -102,11 +117,8 @@ pub(crate) async fn serve(
 ) {
     Stats::add(&shared.stats.connections_total, 1);
     let (read, write) = stream.into_split();
-    let mut reader = Reader {
-        read,
-        buf: BytesMut::with_capacity(READ_BUFFER),
-        decoder: Decoder::new(shared.config.max_packet_size),
-    };
+    let mut reader =
+        Reader { read, buf: BytesMut::new(), decoder: Decoder::new(shared.config.max_packet_size) };
     let first = tokio::select! {
         _ = cancel.cancelled() => return,
         r = tokio::time::timeout(shared.config.connect_timeout, reader.next(&shared.stats)) => r,
@@ -661,7 +673,7 @@ impl Writer {
 /// Writes control packets first, then queued deliveries, many packets per `write`.
 /// Ends when the reader drops its control sender (after flushing) or on `stop`.
 async fn write_loop(mut w: Writer) {
-    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    let mut buf = BytesMut::new();
     for packet in std::mem::take(&mut w.initial) {
         w.encode(packet, &mut buf);
     }
@@ -691,9 +703,11 @@ async fn write_loop(mut w: Writer) {
                 _ = w.stop.cancelled() => return,
             }
             Stats::add(&w.stats.bytes_sent, len);
-            buf.clear();
-            if buf.capacity() > 4 * WRITE_BATCH {
-                buf = BytesMut::with_capacity(READ_BUFFER);
+            // keep the buffer while more is ready; free it before going idle
+            if more {
+                buf.clear();
+            } else {
+                buf = BytesMut::new();
             }
         }
         if more {

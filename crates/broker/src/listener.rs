@@ -19,8 +19,8 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, shut
         };
         match accepted {
             Ok((stream, peer)) => {
-                // Measured both ways (docs/perf.md): NODELAY keeps latency low and the
-                // writer already coalesces packets into one write per wake-up.
+                // NODELAY keeps latency low; the writer already coalesces packets into
+                // one write per wake-up, so Nagle would only add delay.
                 let _ = stream.set_nodelay(true);
                 let shared2 = Arc::clone(&shared);
                 shared.tasks.spawn(connection::serve(shared2, stream, peer, shutdown.child_token()));

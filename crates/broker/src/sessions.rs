@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use telehub_core::{ClientId, Message, QoS, TopicFilter};
+use telehub_core::{ClientId, Message, TopicFilter};
 use telehub_mqtt::{Delivery, Encoder, EnqueueError, Outbound, Session, SessionLimits, SubOptions};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -104,7 +104,8 @@ impl SessionEntry {
             Done(Option<Arc<Notify>>),
             Wait(Delivery, Option<Arc<Notify>>),
         }
-        let deadline = Instant::now() + shared.config.publish_backpressure;
+        // computed only when the queue is first found full: no clock read per delivery
+        let mut deadline: Option<Instant> = None;
         let mut delivery = delivery;
         loop {
             let room = self.room.notified();
@@ -125,10 +126,11 @@ impl SessionEntry {
                         Outcome::Done(st.waker.clone())
                     }
                     Err(EnqueueError::Full(back)) => {
-                        let may_wait = back.qos != QoS::AtMostOnce
-                            && st.owner.is_some()
-                            && !st.dropping
-                            && Instant::now() < deadline;
+                        let now = Instant::now();
+                        let deadline = *deadline.get_or_insert(now + shared.config.publish_backpressure);
+                        // QoS 0 waits too: reading publishers faster than the subscriber
+                        // drains only burns CPU on messages that would be dropped
+                        let may_wait = st.owner.is_some() && !st.dropping && now < deadline;
                         if may_wait {
                             Outcome::Wait(back, st.waker.clone())
                         } else {
@@ -151,6 +153,7 @@ impl SessionEntry {
                     if let Some(w) = waker {
                         w.notify_one();
                     }
+                    let deadline = deadline.unwrap_or_else(Instant::now);
                     if tokio::time::timeout_at(deadline, room).await.is_err() {
                         // timed out: the next round queues it if room appeared,
                         // else drops it and starts a burst

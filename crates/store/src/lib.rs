@@ -3,13 +3,46 @@
 //!
 //! # Layout
 //!
-//! * this file: the vocabulary ([`Record`], [`Point`], queries and their answers) and
-//!   [`TelemetryStore`], the trait the hub and the API use.
+//! * this file: the vocabulary ([`Record`], [`Point`], queries and their answers),
+//!   [`TelemetryStore`], the trait the hub and the API use, and [`Store`], the backend
+//!   chosen by [`Config`];
+//! * [`config`]: the `[store]` section;
+//! * `queue`: the bound on points waiting for a writer (backpressure);
+//! * [`sqlite`]: the embedded backend (one writer thread, WAL, reader pool);
+//! * [`postgres`]: the scale-out backend (pool, writer task, day partitions);
+//! * `bucket`, `page`: what both backends share: rollup
+//!   folding, the aggregate plan, cursor paging;
+//! * `migration`: the embedded SQL migrations of each backend;
+//! * `conformance` (tests only): the one suite both backends pass.
+//!
+//! # Durability
+//!
+//! A [`TelemetryStore::write`] resolves `Ok` only after its transaction committed:
+//! SQLite with `synchronous=FULL` in WAL mode (fsynced, survives `kill -9` and power
+//! loss), PostgreSQL with its own commit (durable with the server's default
+//! `synchronous_commit=on`). Many callers' writes share one transaction and one fsync
+//! (group commit).
+
+mod bucket;
+pub mod config;
+mod migration;
+mod page;
+pub mod postgres;
+mod queue;
+pub mod sqlite;
+
+#[cfg(test)]
+mod conformance;
 
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
 use telehub_core::DeviceId;
+
+pub use config::{Config, RetentionConfig};
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
 
 /// Milliseconds since the Unix epoch (UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -53,7 +86,9 @@ pub struct WriteSummary {
     pub records: usize,
     /// Records skipped because their `(device, msg_id)` was already stored.
     pub duplicates: usize,
-    /// Points committed.
+    /// Points committed. A point whose `(device, metric, ts)` is already stored keeps
+    /// the stored value and is not counted (so a replay without message ids is
+    /// idempotent too); a value that is not finite (NaN, ±inf) is skipped.
     pub points: usize,
 }
 
@@ -156,8 +191,18 @@ pub enum Resolution {
 }
 
 /// Time buckets of `step` over `[from, to)`; buckets start at multiples of `step` since
-/// the epoch. `resolution: None` lets the store pick the coarsest rollup whose period
-/// divides `step` (so a 30-day query at 1 h steps reads the hourly rollup).
+/// the epoch.
+///
+/// # Resolution
+///
+/// `resolution: None` lets the store pick the coarsest rollup whose period divides
+/// `step`: a multiple of 1 h reads the hourly rollup (so a 30-day query at 1 h steps
+/// reads 720 rows per metric), another multiple of 1 min the minute rollup, anything
+/// else (e.g. 90 s) raw points. With rollups turned off in [`Config`] it is always raw.
+/// The rollup covers the whole periods inside `[from, to)`; the unaligned edges (less
+/// than one period each) are read from raw points, so the answer is exact for any
+/// `from` and `to`. A forced resolution whose period does not divide `step` puts each
+/// rollup row in the bucket of its start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AggregateQuery {
     /// The device.
@@ -216,12 +261,16 @@ pub struct Aggregated {
     pub buckets: Vec<Bucket>,
 }
 
-/// How much telemetry to keep.
+/// How much telemetry to keep. Only raw points (and, with `max_age`, the message ids
+/// that dedupe them) are deleted; rollups are kept, so long-range aggregates still work
+/// after the raw points are gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RetentionPolicy {
     /// Delete raw points older than this.
     pub max_age: Option<Duration>,
-    /// Delete the oldest raw points until the telemetry takes at most this many bytes.
+    /// Delete the oldest raw points until the telemetry takes at most this many bytes
+    /// (as [`Store::telemetry_bytes`] measures it: SQLite deletes to the point,
+    /// PostgreSQL drops whole days, oldest first, but never the newest day).
     pub max_bytes: Option<u64>,
 }
 
@@ -266,7 +315,8 @@ pub trait TelemetryStore: Send + Sync + 'static {
     fn points(&self, query: PointsQuery) -> impl Future<Output = Result<Vec<PointRow>, StoreError>> + Send;
 
     /// Time-bucketed aggregates.
-    fn aggregate(&self, query: AggregateQuery) -> impl Future<Output = Result<Aggregated, StoreError>> + Send;
+    fn aggregate(&self, query: AggregateQuery)
+    -> impl Future<Output = Result<Aggregated, StoreError>> + Send;
 
     /// Deletes raw points beyond `policy` as of `now`.
     fn enforce_retention(
@@ -274,4 +324,171 @@ pub trait TelemetryStore: Send + Sync + 'static {
         policy: RetentionPolicy,
         now: Timestamp,
     ) -> impl Future<Output = Result<RetentionReport, StoreError>> + Send;
+}
+
+/// The backend [`Config`] chose. Cheap to clone (shared).
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// The embedded default: `telehub.db` in the data directory.
+    Sqlite(SqliteStore),
+    /// `url = "postgres://…"`.
+    Postgres(PgStore),
+}
+
+impl Store {
+    /// Opens the store `config` names (SQLite `telehub.db` in `data_dir`, created with
+    /// the directory if missing, or PostgreSQL at `config.url`), runs its migrations and
+    /// starts its writer.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Open`] naming the file or server and what went wrong.
+    pub async fn open(config: &Config, data_dir: &Path) -> Result<Store, StoreError> {
+        match &config.url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Store::Postgres(PgStore::open(config, url).await?))
+            }
+            Some(url) => Err(StoreError::Open(format!(
+                "unsupported store url {:?}: expected postgres://… (or no url for SQLite)",
+                redact(url)
+            ))),
+            None => {
+                let (config, dir) = (config.clone(), data_dir.to_owned());
+                tokio::task::spawn_blocking(move || {
+                    std::fs::create_dir_all(&dir)
+                        .map_err(|e| StoreError::Open(format!("cannot create {}: {e}", dir.display())))?;
+                    SqliteStore::open(&config, &dir.join("telehub.db")).map(Store::Sqlite)
+                })
+                .await
+                .map_err(|e| StoreError::Open(format!("open task failed: {e}")))?
+            }
+        }
+    }
+
+    /// Stops taking writes and commits everything already queued (SQLite also
+    /// checkpoints its WAL). Later writes fail with [`StoreError::Closed`]. Call it once,
+    /// at the end of shutdown, after the writers (ingest) have stopped.
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(s) => s.close().await,
+            Store::Postgres(s) => s.close().await,
+        }
+    }
+
+    /// Bytes the raw points take on disk, the measure of [`RetentionPolicy::max_bytes`].
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] when the query fails.
+    pub async fn telemetry_bytes(&self) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.telemetry_bytes().await,
+            Store::Postgres(s) => s.telemetry_bytes().await,
+        }
+    }
+
+    /// Which backend this is, for logs: `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+}
+
+impl TelemetryStore for Store {
+    async fn write(&self, records: Vec<Record>) -> Result<WriteSummary, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.write(records).await,
+            Store::Postgres(s) => s.write(records).await,
+        }
+    }
+
+    async fn devices(&self) -> Result<Vec<DeviceSummary>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.devices().await,
+            Store::Postgres(s) => s.devices().await,
+        }
+    }
+
+    async fn latest(&self, device: &DeviceId) -> Result<Option<Latest>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.latest(device).await,
+            Store::Postgres(s) => s.latest(device).await,
+        }
+    }
+
+    async fn points(&self, query: PointsQuery) -> Result<Vec<PointRow>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.points(query).await,
+            Store::Postgres(s) => s.points(query).await,
+        }
+    }
+
+    async fn aggregate(&self, query: AggregateQuery) -> Result<Aggregated, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.aggregate(query).await,
+            Store::Postgres(s) => s.aggregate(query).await,
+        }
+    }
+
+    async fn enforce_retention(
+        &self,
+        policy: RetentionPolicy,
+        now: Timestamp,
+    ) -> Result<RetentionReport, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.enforce_retention(policy, now).await,
+            Store::Postgres(s) => s.enforce_retention(policy, now).await,
+        }
+    }
+}
+
+/// `url` without its password, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Now, in milliseconds since the epoch (for bookkeeping columns only).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// How many of `live` points, taking `bytes` in all, must go to fit in `max` bytes
+/// (rounded up; all of them when `max` is 0).
+fn points_over(bytes: u64, live: u64, max: u64) -> u64 {
+    if bytes <= max || bytes == 0 {
+        return 0;
+    }
+    let over = u128::from(bytes - max) * u128::from(live);
+    let need = over.div_ceil(u128::from(bytes));
+    u64::try_from(need).unwrap_or(u64::MAX).min(live)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn points_over_rounds_up_and_is_bounded() {
+        assert_eq!(points_over(100, 10, 100), 0);
+        assert_eq!(points_over(100, 10, 50), 5);
+        assert_eq!(points_over(100, 10, 49), 6);
+        assert_eq!(points_over(100, 10, 0), 10);
+    }
+
+    #[test]
+    fn redact_hides_the_password() {
+        assert_eq!(redact("mysql://u:secret@h/db"), "mysql://u:***@h/db");
+        assert_eq!(redact("mysql://h/db"), "mysql://h/db");
+    }
 }

@@ -2,13 +2,16 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use telehub_broker::Broker;
+use telehub_hub::ingest::{self, Ingest};
+use telehub_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 
@@ -24,28 +27,41 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The store could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] telehub_store::StoreError),
     /// A listener could not bind.
     #[error(transparent)]
     Bind(#[from] telehub_broker::BindError),
+    /// The HTTP listener could not bind.
+    #[error(transparent)]
+    Http(#[from] telehub_api::BindError),
 }
 
-/// telehub with its sockets bound and data directory checked; nothing runs yet.
+/// telehub with its store open and its sockets bound; nothing runs yet.
 pub struct App {
     broker: Broker,
+    http: telehub_api::Server,
+    store: Arc<Store>,
+    ingest_writer: ingest::Writer<Store>,
     data_dir: PathBuf,
     config: Config,
 }
 
 impl App {
-    /// Checks the data directory and binds the listeners.
+    /// Checks the data directory, opens the store and binds the listeners (MQTT, then
+    /// HTTP).
     ///
     /// # Errors
     ///
     /// [`StartError`] naming the path or address at fault.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let data_dir = prepare_data_dir(&config.data_dir)?;
-        let broker = Broker::bind(config.mqtt.clone(), None).await?;
-        Ok(Self { broker, data_dir, config })
+        let store = Arc::new(Store::open(&config.store, &data_dir).await?);
+        let (ingest, ingest_writer) = Ingest::new(config.ingest.clone(), store.clone());
+        let broker = Broker::bind(config.mqtt.clone(), Some(Arc::new(ingest.clone()))).await?;
+        let http = telehub_api::Server::bind(config.http.clone(), store.clone(), ingest).await?;
+        Ok(Self { broker, http, store, ingest_writer, data_dir, config })
     }
 
     /// The bound MQTT address.
@@ -53,9 +69,15 @@ impl App {
         self.broker.local_addr()
     }
 
-    /// Logs the start-up block, serves until `signal` completes, then drains: stops
-    /// accepting, disconnects clients (MQTT 5: reason 0x8B) and waits for every task,
-    /// at most `grace`.
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr()
+    }
+
+    /// Logs the start-up block, serves until `signal` completes, then drains in order,
+    /// all within `grace`: stops accepting (MQTT and HTTP), disconnects MQTT clients
+    /// (MQTT 5: reason 0x8B) and lets HTTP requests in progress finish; then commits
+    /// what the ingest queue still holds; then closes the store (SQLite: checkpoint).
     ///
     /// # Errors
     ///
@@ -64,23 +86,51 @@ impl App {
         info!(
             version = env!("CARGO_PKG_VERSION"),
             mqtt = %self.mqtt_addr(),
+            http = %self.http_addr(),
             data_dir = %self.data_dir.display(),
-            "telehub started: mqtt://{} (MQTT 3.1/3.1.1/5.0), data in {}",
+            store = self.store.backend(),
+            "telehub started: mqtt://{} (MQTT 3.1/3.1.1/5.0), http://{}, data in {}",
             self.mqtt_addr(),
+            self.http_addr(),
             self.data_dir.display(),
         );
-        info!(http = %self.config.http.listen, "the HTTP API is not served yet: it arrives with the telemetry API");
         if !self.config.mqtt.allow_anonymous {
             warn!("device credentials are not implemented yet: every MQTT client is accepted");
         }
+        // producers (broker, HTTP) stop first; the ingest writer after them, so every
+        // record they still wait for gets committed
         let shutdown = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        tasks.spawn(self.broker.run(shutdown.clone()));
-        tasks.close();
+        let producers = TaskTracker::new();
+        producers.spawn(self.broker.run(shutdown.clone()));
+        producers.spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                if let Err(e) = self.http.run(shutdown).await {
+                    error!(error = %e, "the HTTP server stopped");
+                }
+            }
+        });
+        producers.spawn(telehub_hub::retention::run(
+            self.store.clone(),
+            self.config.store.retention,
+            shutdown.clone(),
+        ));
+        producers.close();
+        let stop_ingest = CancellationToken::new();
+        let writer = TaskTracker::new();
+        writer.spawn(self.ingest_writer.run(stop_ingest.clone()));
+        writer.close();
         signal.await;
         info!("shutting down");
         shutdown.cancel();
-        tokio::time::timeout(grace, tasks.wait())
+        let store = self.store;
+        let drain = async move {
+            producers.wait().await;
+            stop_ingest.cancel();
+            writer.wait().await;
+            store.close().await;
+        };
+        tokio::time::timeout(grace, drain)
             .await
             .context("tasks still running after the shutdown grace period")?;
         info!("stopped");

@@ -231,7 +231,7 @@ fn environment_overrides_file_and_flags_override_environment() {
     // environment over file
     let mut proc = Proc::spawn(
         in_temp_dir(&dir)
-            .args(["serve", "--log-format", "json", "--config"])
+            .args(["serve", "--log-format", "json", "--http-listen", "127.0.0.1:0", "--config"])
             .arg(&file)
             .arg("--data-dir")
             .arg(dir.path().join("data"))

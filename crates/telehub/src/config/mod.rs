@@ -14,7 +14,7 @@ pub const DEFAULT_TOML: &str = include_str!("../telehub.toml");
 
 /// Top-level sections; `TELEHUB_*` variables outside them are not config
 /// (e.g. test settings) and are ignored.
-const SECTIONS: &[&str] = &["data_dir", "mqtt", "http"];
+const SECTIONS: &[&str] = &["data_dir", "mqtt", "http", "ingest", "store"];
 
 /// Everything telehub is configured with.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -25,15 +25,11 @@ pub struct Config {
     /// The MQTT broker.
     pub mqtt: telehub_broker::Config,
     /// The HTTP API.
-    pub http: HttpConfig,
-}
-
-/// The `[http]` section.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Address of the HTTP listener.
-    pub listen: SocketAddr,
+    pub http: telehub_api::Config,
+    /// Telemetry ingest: the queue in front of the store and the ingest mappings.
+    pub ingest: telehub_hub::ingest::Config,
+    /// Where telemetry is stored: SQLite in the data directory, or PostgreSQL.
+    pub store: telehub_store::Config,
 }
 
 impl Default for Config {
@@ -41,7 +37,9 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("./telehub-data"),
             mqtt: telehub_broker::Config::default(),
-            http: HttpConfig { listen: SocketAddr::from(([0, 0, 0, 0], 8080)) },
+            http: telehub_api::Config::default(),
+            ingest: telehub_hub::ingest::Config::default(),
+            store: telehub_store::Config::default(),
         }
     }
 }

@@ -75,3 +75,50 @@ fn telehub_variables_outside_config_sections_are_ignored() {
     let env = [("TELEHUB_TEST_POSTGRES_URL", "postgres://x"), ("PATH", "/bin")];
     assert_eq!(load(None, &env, &Overrides::default()).unwrap(), Config::default());
 }
+
+#[test]
+fn ingest_mappings_in_a_file_replace_the_default_list() {
+    let file = "[[ingest.mappings]]\nfilter = \"plant/+/m\"\ndevice_level = 1\n";
+    let c = load(Some(file), &[], &Overrides::default()).unwrap();
+    assert_eq!(c.ingest.mappings.len(), 1);
+    assert_eq!(c.ingest.mappings[0].filter.as_str(), "plant/+/m");
+    // the other ingest keys keep their defaults
+    assert_eq!(c.ingest.queue_capacity, telehub_hub::ingest::Config::default().queue_capacity);
+}
+
+#[test]
+fn bad_ingest_mapping_and_limits_are_named() {
+    let m = message(load(
+        Some("[[ingest.mappings]]\nfilter = \"a/#/b\"\ndevice_level = 0\n"),
+        &[],
+        &Overrides::default(),
+    ));
+    assert!(m.contains("ingest.mappings") && m.contains("a/#/b"), "{m}");
+    let m = message(load(Some("[[ingest.mappings]]\nfilter = \"a/+\"\n"), &[], &Overrides::default()));
+    assert!(m.contains("device_level"), "{m}");
+    let m = message(load(None, &[("TELEHUB_INGEST__QUEUE_CAPACITY", "lots")], &Overrides::default()));
+    assert!(m.contains("ingest.queue_capacity"), "{m}");
+    let c = load(None, &[("TELEHUB_HTTP__MAX_BODY_BYTES", "1024")], &Overrides::default()).unwrap();
+    assert_eq!(c.http.max_body_bytes, 1024);
+}
+
+#[test]
+fn http_listen_flag_sets_the_http_section() {
+    let flags = Overrides { http_listen: Some("127.0.0.1:0".parse().unwrap()), ..Overrides::default() };
+    assert_eq!(load(None, &[], &flags).unwrap().http.listen.port(), 0);
+}
+
+#[test]
+fn store_section_takes_a_postgres_url_and_retention_from_env() {
+    let env = [
+        ("TELEHUB_STORE__URL", "postgres://telehub:secret@db:5432/telehub"),
+        ("TELEHUB_STORE__RETENTION__MAX_AGE", "30d"),
+        ("TELEHUB_STORE__RETENTION__MAX_BYTES", "1000000"),
+    ];
+    let c = load(None, &env, &Overrides::default()).unwrap();
+    assert_eq!(c.store.url.as_deref(), Some("postgres://telehub:secret@db:5432/telehub"));
+    assert_eq!(c.store.retention.max_age, Some(std::time::Duration::from_secs(30 * 86_400)));
+    assert_eq!(c.store.retention.max_bytes, Some(1_000_000));
+    let m = message(load(Some("[store]\nmax_commit_delay = \"soon\"\n"), &[], &Overrides::default()));
+    assert!(m.contains("store.max_commit_delay"), "{m}");
+}

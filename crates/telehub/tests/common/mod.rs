@@ -254,7 +254,17 @@ pub(crate) fn run(cmd: &mut Command) -> Finished {
 
 /// The port in telehub's start-up log line (`"mqtt":"127.0.0.1:PORT"`).
 pub(crate) fn parse_mqtt_port(line: &str) -> Option<u16> {
-    let rest = &line[line.find("\"mqtt\":\"")? + "\"mqtt\":\"".len()..];
+    parse_port(line, "mqtt")
+}
+
+/// The HTTP port in telehub's start-up log line (`"http":"127.0.0.1:PORT"`).
+pub(crate) fn parse_http_port(line: &str) -> Option<u16> {
+    parse_port(line, "http")
+}
+
+fn parse_port(line: &str, field: &str) -> Option<u16> {
+    let key = format!("\"{field}\":\"");
+    let rest = &line[line.find(&key)? + key.len()..];
     let addr: SocketAddr = rest[..rest.find('"')?].parse().ok()?;
     Some(addr.port())
 }
@@ -264,6 +274,7 @@ pub(crate) fn parse_mqtt_port(line: &str) -> Option<u16> {
 pub(crate) struct Telehub {
     proc: Proc,
     port: u16,
+    http_port: u16,
     data: tempfile::TempDir,
 }
 
@@ -280,16 +291,19 @@ impl Telehub {
         cmd.arg("serve").arg("--data-dir").arg(data.path().join("data")).args([
             "--mqtt-listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
             "--log-format",
             "json",
         ]);
         configure(&mut cmd);
         let proc = Proc::spawn(&mut cmd);
-        let line = proc.expect_stderr("the start-up log line with the MQTT address", |l| {
-            l.contains("telehub started") && parse_mqtt_port(l).is_some()
+        let line = proc.expect_stderr("the start-up log line with the MQTT and HTTP addresses", |l| {
+            l.contains("telehub started") && parse_mqtt_port(l).is_some() && parse_http_port(l).is_some()
         });
         let port = parse_mqtt_port(&line).expect("checked above");
-        Self { proc, port, data }
+        let http_port = parse_http_port(&line).expect("checked above");
+        Self { proc, port, http_port, data }
     }
 
     pub(crate) fn port(&self) -> u16 {
@@ -298,6 +312,15 @@ impl Telehub {
 
     pub(crate) fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub(crate) fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
+    /// `http://127.0.0.1:PORT` followed by `path`.
+    pub(crate) fn http_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
     }
 
     /// The `--data-dir` given (below the temp dir, created by telehub).

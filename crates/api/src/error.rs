@@ -1,0 +1,165 @@
+//! [`ApiError`] → HTTP status + `application/problem+json` (RFC 9457), in one place.
+//! `POST /data` answers the same errors in the Flask tutorial's shape ([`Tutorial`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use telehub_core::DeviceId;
+use telehub_hub::ingest::IngestError;
+use telehub_store::StoreError;
+
+/// A request that cannot be answered with what it asked for.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    /// The body is not what the endpoint takes; the message says what and where.
+    #[error("{0}")]
+    BadBody(String),
+    /// A path segment or query parameter is malformed; the message names it.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No device with this id has sent anything.
+    #[error("no device {0} has sent telemetry")]
+    UnknownDevice(DeviceId),
+    /// No such route.
+    #[error("no such resource")]
+    NoRoute,
+    /// The body is larger than `[http] max_body_bytes`.
+    #[error("the body is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The ingest queue is full: come back later.
+    #[error("telemetry is arriving faster than it can be stored: retry after {} s", retry_after_secs(*.retry_after))]
+    QueueFull {
+        /// How long to wait.
+        retry_after: Duration,
+    },
+    /// The store cannot be reached or is shutting down.
+    #[error("the store is unavailable")]
+    Unavailable(#[source] Option<Arc<StoreError>>),
+    /// Something failed that the client cannot fix.
+    #[error("internal error")]
+    Internal(#[source] Arc<StoreError>),
+}
+
+impl ApiError {
+    /// The only place statuses are chosen.
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::BadBody(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::UnknownDevice(_) | Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// `Retry-After` for the answers that have one.
+    fn retry_after(&self) -> Option<HeaderValue> {
+        match self {
+            Self::QueueFull { retry_after } => Some(HeaderValue::from(retry_after_secs(*retry_after))),
+            Self::Unavailable(_) => Some(HeaderValue::from_static("5")),
+            _ => None,
+        }
+    }
+
+    /// Server errors are logged here (the operator must act); client errors are not.
+    fn log(&self) {
+        if self.status().is_server_error() {
+            let cause = std::error::Error::source(self).map(ToString::to_string).unwrap_or_default();
+            tracing::error!(error = %self, cause, "request failed");
+        }
+    }
+}
+
+/// Whole seconds, at least 1 (`Retry-After: 0` would invite a busy loop).
+fn retry_after_secs(d: Duration) -> u64 {
+    d.as_secs_f64().ceil().max(1.0) as u64
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::from(Arc::new(e))
+    }
+}
+
+impl From<Arc<StoreError>> for ApiError {
+    fn from(e: Arc<StoreError>) -> Self {
+        match *e {
+            StoreError::Open(_) | StoreError::Closed => Self::Unavailable(Some(e)),
+            _ => Self::Internal(e),
+        }
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::QueueFull { retry_after, .. } => Self::QueueFull { retry_after },
+            IngestError::TooLarge { .. } => Self::BadBody(e.to_string()),
+            IngestError::Closed => Self::Unavailable(None),
+            IngestError::Store(e) => Self::from(e),
+        }
+    }
+}
+
+/// The problem details body (RFC 9457).
+#[derive(Serialize)]
+struct Problem {
+    r#type: &'static str,
+    title: &'static str,
+    status: u16,
+    detail: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
+        let status = self.status();
+        let problem = Problem {
+            r#type: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            // the Display of server errors is generic: no internal detail leaks
+            detail: self.to_string(),
+        };
+        let mut response = (status, Json(problem)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(retry) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, retry);
+        }
+        response
+    }
+}
+
+/// An [`ApiError`] answered as the Flask tutorial does: `{"error": "<what was wrong>"}`
+/// with the same status and headers.
+pub(crate) struct Tutorial(pub(crate) ApiError);
+
+impl IntoResponse for Tutorial {
+    fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Body {
+            error: String,
+        }
+        let error = self.0;
+        error.log();
+        let mut response = (error.status(), Json(Body { error: error.to_string() })).into_response();
+        if let Some(retry) = error.retry_after() {
+            response.headers_mut().insert(header::RETRY_AFTER, retry);
+        }
+        response
+    }
+}
+
+/// The fallback route: 404 as problem details.
+pub(crate) async fn no_route() -> ApiError {
+    ApiError::NoRoute
+}

@@ -1,0 +1,79 @@
+//! Request parts as telehub values, each refusing what is malformed with an [`ApiError`]
+//! that names the problem: the body (within `max_body_bytes`), the device id in the path,
+//! the query string.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use telehub_core::DeviceId;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// A request body no larger than `[http] max_body_bytes`.
+pub(crate) struct Body {
+    /// The bytes.
+    pub(crate) bytes: Bytes,
+    /// Sent as `application/x-ndjson` (or `application/ndjson`): one JSON value per line.
+    pub(crate) is_ndjson: bool,
+}
+
+impl<S: Send + Sync> FromRequest<AppState<S>> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState<S>) -> Result<Self, ApiError> {
+        let limit = state.config.max_body_bytes;
+        let headers = req.headers();
+        // refuse a declared oversize body before reading any of it
+        let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(ApiError::TooLarge { limit });
+        }
+        let is_ndjson = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
+            let mime = ct.split(';').next().unwrap_or_default().trim();
+            mime.eq_ignore_ascii_case("application/x-ndjson")
+                || mime.eq_ignore_ascii_case("application/ndjson")
+        });
+        // the router's DefaultBodyLimit is the same limit, for bodies without a length
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge { limit }
+            } else {
+                ApiError::BadBody(format!("cannot read the body: {}", rejection.body_text()))
+            }
+        })?;
+        Ok(Self { bytes, is_ndjson })
+    }
+}
+
+/// The `{id}` of a device route, validated.
+pub(crate) struct DevicePath(pub(crate) DeviceId);
+
+impl<S: Send + Sync> FromRequestParts<S> for DevicePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("device id in the path: {}", e.body_text())))?;
+        DeviceId::new(id.as_str())
+            .map(Self)
+            .map_err(|e| ApiError::BadRequest(format!("invalid device id {id:?}: {e}")))
+    }
+}
+
+/// Query parameters as `T`; unknown or malformed ones are a 400 naming them.
+pub(crate) struct Params<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(t)| Self(t))
+            .map_err(|e| ApiError::BadRequest(e.body_text()))
+    }
+}
