@@ -34,6 +34,10 @@ struct Cli {
     /// Accept MQTT clients that present no credentials.
     #[arg(long, global = true)]
     allow_anonymous: bool,
+    /// Store telemetry in PostgreSQL at this URL (`postgres://user:pass@host:port/db`)
+    /// instead of SQLite in the data directory (overrides `store.url`).
+    #[arg(long, global = true, value_name = "URL")]
+    database_url: Option<String>,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         mqtt_listen: cli.mqtt_listen,
         http_listen: cli.http_listen,
         allow_anonymous: cli.allow_anonymous,
+        database_url: cli.database_url.clone(),
     };
     if let Some(Command::Config(ConfigCommand::Print)) = cli.command {
         print!("{DEFAULT_TOML}");

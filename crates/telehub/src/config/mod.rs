@@ -55,6 +55,8 @@ pub struct Overrides {
     pub http_listen: Option<SocketAddr>,
     /// `--allow-anonymous`.
     pub allow_anonymous: bool,
+    /// `--database-url` (`postgres://…`; overrides `store.url`).
+    pub database_url: Option<String>,
 }
 
 /// The config could not be loaded. The message names the key or file at fault.
@@ -109,6 +111,9 @@ impl Config {
         }
         if overrides.allow_anonymous {
             figment = figment.merge(Named::new("--allow-anonymous", "mqtt.allow_anonymous", true));
+        }
+        if let Some(url) = &overrides.database_url {
+            figment = figment.merge(Named::new("--database-url", "store.url", url));
         }
         figment.extract().map_err(|e| ConfigError::Invalid(describe(&e)))
     }

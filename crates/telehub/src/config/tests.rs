@@ -122,3 +122,15 @@ fn store_section_takes_a_postgres_url_and_retention_from_env() {
     let m = message(load(Some("[store]\nmax_commit_delay = \"soon\"\n"), &[], &Overrides::default()));
     assert!(m.contains("store.max_commit_delay"), "{m}");
 }
+
+#[test]
+fn database_url_flag_overrides_store_url() {
+    let env = [("TELEHUB_STORE__URL", "postgres://env@127.0.0.1/a")];
+    let flags =
+        Overrides { database_url: Some("postgres://flag@127.0.0.1/b".into()), ..Overrides::default() };
+    assert_eq!(load(None, &env, &flags).unwrap().store.url.as_deref(), Some("postgres://flag@127.0.0.1/b"));
+    assert_eq!(
+        load(None, &env, &Overrides::default()).unwrap().store.url.as_deref(),
+        Some("postgres://env@127.0.0.1/a")
+    );
+}
