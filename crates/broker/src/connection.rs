@@ -586,23 +586,34 @@ impl Connection<'_> {
         let mut codes = Vec::with_capacity(filters.len());
         let mut retained = Vec::new();
         for (raw, options) in filters {
-            let filter = match TopicFilter::new(raw) {
-                Ok(f) if f.is_shared() => {
-                    codes.push(SubAckCode::SharedNotSupported);
-                    continue;
-                }
-                Ok(f) => f,
-                Err(_) => {
+            let Ok(filter) = TopicFilter::new(raw) else {
+                codes.push(SubAckCode::TopicFilterInvalid);
+                continue;
+            };
+            let shared = match filter.split_shared() {
+                None => None,
+                Some(Ok((_, inner))) => Some(inner),
+                Some(Err(_)) => {
                     codes.push(SubAckCode::TopicFilterInvalid);
                     continue;
                 }
             };
+            if shared.is_some() && options.no_local {
+                return Err(ProtocolError::SharedNoLocal); // [MQTT-3.8.3-4]
+            }
             match self.entry.lock_owned(self.conn) {
                 Ok(mut st) => st.subscriptions.insert(filter.clone(), options),
                 Err(_) => return Ok(Some(Exit::TakenOver)),
             };
-            let existed =
-                self.shared.router.subscribe(&filter, Subscriber { entry: Arc::clone(self.entry), options });
+            let subscriber = Subscriber { entry: Arc::clone(self.entry), options };
+            if let Some(inner) = shared {
+                // no retained messages on a shared subscription: the group is not a new
+                // subscriber each time a member joins
+                self.shared.router.subscribe_shared(&filter, inner, subscriber);
+                codes.push(SubAckCode::Granted(options.qos));
+                continue;
+            }
+            let existed = self.shared.router.subscribe(&filter, subscriber);
             // [MQTT-3.3.1-6] retained messages go to a new subscription; MQTT 5 Retain
             // Handling 1 sends them only if it is new, 2 never
             let wants_retained = match options.retain_handling {

@@ -88,6 +88,11 @@ impl SessionEntry {
         if st.owner == Some(conn) { Ok(st) } else { Err(NotOwner) }
     }
 
+    /// True while a connection is attached.
+    pub(crate) fn is_online(&self) -> bool {
+        self.lock().owner.is_some()
+    }
+
     /// Wakes the attached connection's writer, if any.
     pub(crate) fn wake(&self) {
         let waker = self.lock().waker.clone();

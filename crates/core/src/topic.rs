@@ -27,6 +27,10 @@ pub enum TopicError {
     /// [MQTT-4.7.1-3] `+` must occupy a whole level.
     #[error("single-level wildcard '+' is not alone in its level")]
     MisplacedSingleLevelWildcard,
+    /// [MQTT-4.8.2-1] / [MQTT-4.8.2-2] `$share/{group}/{filter}` needs a non-empty group
+    /// without wildcards, followed by a filter.
+    #[error("invalid shared subscription: expected $share/{{group}}/{{filter}}")]
+    InvalidShareName,
 }
 
 fn check_common(s: &str) -> Result<(), TopicError> {
@@ -128,6 +132,24 @@ impl TopicFilter {
     /// True for `$share/{group}/{filter}` (MQTT 5 shared subscriptions).
     pub fn is_shared(&self) -> bool {
         self.0.starts_with("$share/")
+    }
+
+    /// For `$share/{group}/{filter}`, the group name and the inner filter; `None` for an
+    /// ordinary filter.
+    ///
+    /// # Errors
+    ///
+    /// [MQTT-4.8.2-1] the share name must be at least one character and
+    /// [MQTT-4.8.2-2] must not contain `/`, `+` or `#`; the inner filter must be valid.
+    pub fn split_shared(&self) -> Option<Result<(&str, TopicFilter), TopicError>> {
+        let rest = self.0.strip_prefix("$share/")?;
+        let Some((group, inner)) = rest.split_once('/') else {
+            return Some(Err(TopicError::InvalidShareName));
+        };
+        if group.is_empty() || group.contains(['+', '#']) {
+            return Some(Err(TopicError::InvalidShareName));
+        }
+        Some(TopicFilter::new(inner.to_owned()).map(|f| (group, f)))
     }
 
     /// The filter's levels, split at `/`.
@@ -259,6 +281,18 @@ mod tests {
         assert!(!filter("a/b").matches(&name("a/b/c")));
         assert!(!filter("a/b").matches(&name("a")));
         assert!(!filter("a/b").matches(&name("A/b")));
+    }
+
+    #[test]
+    fn mqtt_4_8_2_shared_filter_splits_into_group_and_filter() {
+        let f = filter("$share/g1/sensors/+/temp");
+        let (group, inner) = f.split_shared().unwrap().unwrap();
+        assert_eq!((group, inner.as_str()), ("g1", "sensors/+/temp"));
+        assert!(filter("a/b").split_shared().is_none());
+        assert_eq!(filter("$share/g").split_shared().unwrap().unwrap_err(), TopicError::InvalidShareName);
+        assert_eq!(filter("$share//a").split_shared().unwrap().unwrap_err(), TopicError::InvalidShareName);
+        assert_eq!(filter("$share/+/a").split_shared().unwrap().unwrap_err(), TopicError::InvalidShareName);
+        assert_eq!(filter("$share/#").split_shared().unwrap().unwrap_err(), TopicError::InvalidShareName);
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub enum ProtocolError {
     /// An MQTT 5 topic alias that is 0, above our maximum, or not yet defined.
     #[error("invalid topic alias")]
     TopicAliasInvalid,
+    /// [MQTT-3.8.3-4] No Local on a shared subscription.
+    #[error("no local set on a shared subscription")]
+    SharedNoLocal,
     /// No packet within 1.5 × the keep-alive interval ([MQTT-3.1.2-24]).
     #[error("keep-alive timeout")]
     KeepAliveTimeout,
@@ -64,7 +67,7 @@ impl ProtocolError {
             Self::FirstPacketNotConnect | Self::SecondConnect | Self::UnexpectedPacket => {
                 DisconnectReasonCode::ProtocolError
             }
-            Self::UnknownPacketId => DisconnectReasonCode::ProtocolError,
+            Self::UnknownPacketId | Self::SharedNoLocal => DisconnectReasonCode::ProtocolError,
             Self::MalformedPacket | Self::InvalidUtf8 => DisconnectReasonCode::MalformedPacket,
             Self::UnsupportedProtocol => DisconnectReasonCode::ProtocolError,
             // raised by CONNECT: the first is answered with CONNACK, a second one is a

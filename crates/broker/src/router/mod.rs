@@ -5,6 +5,7 @@
 //! for each other; SUBSCRIBE/UNSUBSCRIBE take the write lock briefly.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use telehub_core::{ClientId, Message, QoS, TopicFilter, TopicName};
@@ -43,13 +44,43 @@ pub(crate) struct Target {
     pub(crate) retain_as_published: bool,
 }
 
+/// The members of one shared subscription `$share/{group}/{filter}`.
+struct SharedGroup {
+    filter: TopicFilter,
+    members: Vec<Subscriber>,
+    /// Round-robin position.
+    next: AtomicUsize,
+}
+
 #[derive(Default)]
 pub(crate) struct Router {
     trie: RwLock<Node>,
+    /// Shared subscriptions by their full `$share/{group}/{filter}` filter. Matched by
+    /// scanning: deployments have few groups, each with many members.
+    shared: RwLock<HashMap<TopicFilter, SharedGroup>>,
     retained: RwLock<HashMap<TopicName, Arc<Message>>>,
 }
 
 impl Router {
+    /// Adds or replaces the session's membership of the shared subscription `shared`
+    /// (`$share/{group}/{filter}`, with `inner` its filter). Returns true when it
+    /// replaced an existing one.
+    pub(crate) fn subscribe_shared(&self, shared: &TopicFilter, inner: TopicFilter, sub: Subscriber) -> bool {
+        let mut groups = self.shared.write().unwrap_or_else(|e| e.into_inner());
+        let group = groups.entry(shared.clone()).or_insert_with(|| SharedGroup {
+            filter: inner,
+            members: Vec::new(),
+            next: AtomicUsize::new(0),
+        });
+        let id = &sub.entry.client_id;
+        if let Some(existing) = group.members.iter_mut().find(|m| &m.entry.client_id == id) {
+            *existing = sub;
+            return true;
+        }
+        group.members.push(sub);
+        false
+    }
+
     /// Adds or replaces the session's subscription to `filter`. Returns true when it
     /// replaced an existing one ([MQTT-3.8.4-3]).
     pub(crate) fn subscribe(&self, filter: &TopicFilter, sub: Subscriber) -> bool {
@@ -72,6 +103,17 @@ impl Router {
     /// Removes `entry`'s subscription to `filter`; true when there was one. A
     /// subscription of the same client id held by a newer session is left alone.
     pub(crate) fn unsubscribe(&self, filter: &TopicFilter, entry: &Arc<SessionEntry>) -> bool {
+        if filter.is_shared() {
+            let mut groups = self.shared.write().unwrap_or_else(|e| e.into_inner());
+            let Some(group) = groups.get_mut(filter) else { return false };
+            let before = group.members.len();
+            group.members.retain(|m| !Arc::ptr_eq(&m.entry, entry));
+            let removed = group.members.len() < before;
+            if group.members.is_empty() {
+                groups.remove(filter);
+            }
+            return removed;
+        }
         fn take(subs: &mut HashMap<ClientId, Subscriber>, entry: &Arc<SessionEntry>) -> bool {
             let ours = subs.get(&entry.client_id).is_some_and(|s| Arc::ptr_eq(&s.entry, entry));
             ours && subs.remove(&entry.client_id).is_some()
@@ -145,7 +187,33 @@ impl Router {
             topic.is_dollar(),
             &mut out,
         );
-        merge_per_session(out)
+        let mut targets = merge_per_session(out);
+        self.shared_targets(topic, &mut targets);
+        targets
+    }
+
+    /// One member of every matching shared subscription, round robin, preferring
+    /// members whose client is connected ([MQTT-4.8.2-3]: one session per group gets
+    /// each message). A shared delivery is separate from the session's ordinary ones.
+    fn shared_targets(&self, topic: &TopicName, out: &mut Vec<Target>) {
+        let groups = self.shared.read().unwrap_or_else(|e| e.into_inner());
+        for group in groups.values() {
+            let n = group.members.len();
+            if n == 0 || !group.filter.matches(topic) {
+                continue;
+            }
+            let start = group.next.fetch_add(1, Ordering::Relaxed);
+            let pick = (0..n)
+                .map(|i| &group.members[(start + i) % n])
+                .find(|m| m.entry.is_online())
+                .unwrap_or(&group.members[start % n]);
+            out.push(Target {
+                entry: Arc::clone(&pick.entry),
+                qos: pick.options.qos,
+                no_local: false,
+                retain_as_published: pick.options.retain_as_published,
+            });
+        }
     }
 
     /// Stores, replaces or (with an empty payload) clears the retained message of its
@@ -169,7 +237,9 @@ impl Router {
         fn count(node: &Node) -> usize {
             node.here.len() + node.multi.len() + node.children.values().map(count).sum::<usize>()
         }
-        count(&self.trie.read().unwrap_or_else(|e| e.into_inner()))
+        let shared: usize =
+            self.shared.read().unwrap_or_else(|e| e.into_inner()).values().map(|g| g.members.len()).sum();
+        count(&self.trie.read().unwrap_or_else(|e| e.into_inner())) + shared
     }
 
     /// Retained messages whose topic matches `filter` ([MQTT-3.3.1-6]).

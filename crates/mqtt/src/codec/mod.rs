@@ -428,7 +428,7 @@ fn v5_out(packet: Outbound) -> v5::Packet {
                 server_keepalive_sec: server_keep_alive,
                 receive_max: NonZeroU16::new(receive_maximum).unwrap_or(NonZeroU16::MAX),
                 max_packet_size: Some(maximum_packet_size),
-                shared_subscription_available: false,
+                shared_subscription_available: true,
                 subscription_identifiers_available: false,
                 ..v5::ConnectAck::default()
             }))
