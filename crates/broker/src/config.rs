@@ -46,6 +46,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Receive Maximum: QoS 1/2 PUBLISHes a client may have unacknowledged towards us.
     pub receive_maximum: u16,
+    /// MQTT 5 Topic Alias Maximum: how many topic aliases a client may define towards
+    /// us (0: none).
+    pub topic_alias_maximum: u16,
     /// QoS 1/2 deliveries in flight to one client at once (lowered by the client's
     /// MQTT 5 Receive Maximum).
     pub max_inflight: u16,
@@ -75,6 +78,7 @@ impl Default for Config {
             max_keep_alive: Duration::from_secs(65_535),
             connect_timeout: Duration::from_secs(10),
             receive_maximum: 1024,
+            topic_alias_maximum: 64,
             max_inflight: 1024,
             max_queued_messages: 10_000,
             queue_full: QueueFull::DropNew,

@@ -2,6 +2,7 @@
 //! handling, routing), and a writer task that coalesces control packets and queued
 //! deliveries into one `write` per wake-up.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -161,6 +162,7 @@ async fn refuse(mut write: OwnedWriteHalf, version: ProtocolVersion, code: ConnA
         server_keep_alive: None,
         receive_maximum: 1,
         maximum_packet_size: 0,
+        topic_alias_maximum: 0,
     };
     if Encoder::new(version, 0).encode(connack, &mut buf).is_ok() {
         let _ = write.write_all(&buf).await;
@@ -240,6 +242,7 @@ async fn run_connected(
         server_keep_alive,
         receive_maximum: config.receive_maximum,
         maximum_packet_size: config.max_packet_size,
+        topic_alias_maximum: config.topic_alias_maximum,
     }];
     initial.extend(attached.resend);
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
@@ -266,6 +269,7 @@ async fn run_connected(
         client_id: &client_id,
         acker: None,
         ingest_failed: ingest_failed.clone(),
+        topic_aliases: HashMap::new(),
     };
     // [MQTT-3.1.2-24] 1.5 × keep-alive without any packet closes the connection
     let idle_limit = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
@@ -392,6 +396,8 @@ struct Connection<'a> {
     acker: Option<Acker>,
     /// Cancelled by the acker when an MQTT 3.x message could not be stored.
     ingest_failed: CancellationToken,
+    /// MQTT 5 topic aliases this client defined ([MQTT-3.3.2-10]: per connection).
+    topic_aliases: HashMap<u16, TopicName>,
 }
 
 struct Acker {
@@ -466,7 +472,9 @@ impl Connection<'_> {
                 };
                 self.send(Outbound::PubComp(id, reason)).await
             }
-            Inbound::Subscribe { packet_id, filters, .. } => self.subscribe(packet_id, filters).await,
+            Inbound::Subscribe { packet_id, filters, subscription_id } => {
+                self.subscribe(packet_id, filters, subscription_id).await
+            }
             Inbound::Unsubscribe { packet_id, filters } => self.unsubscribe(packet_id, filters).await,
             Inbound::PingReq => self.send(Outbound::PingResp).await,
             Inbound::Disconnect { reason, session_expiry } => {
@@ -507,11 +515,22 @@ impl Connection<'_> {
     }
 
     async fn publish(&mut self, p: PublishIn) -> Handled {
-        if p.topic_alias.is_some() {
-            // we announce Topic Alias Maximum 0, so any alias is invalid [MQTT-3.3.2-8]
-            return Err(ProtocolError::TopicAliasInvalid);
-        }
-        let topic = TopicName::new(p.topic).map_err(|_| ProtocolError::InvalidTopicName)?;
+        let topic = match p.topic_alias {
+            None => TopicName::new(p.topic).map_err(|_| ProtocolError::InvalidTopicName)?,
+            // [MQTT-3.3.2-9] an alias is 1 ..= the Topic Alias Maximum we announced
+            Some(alias) if alias == 0 || alias > self.shared.config.topic_alias_maximum => {
+                return Err(ProtocolError::TopicAliasInvalid);
+            }
+            // a topic with an alias (re)defines it; an empty topic uses it
+            Some(alias) if p.topic.is_empty() => {
+                self.topic_aliases.get(&alias).cloned().ok_or(ProtocolError::TopicAliasInvalid)?
+            }
+            Some(alias) => {
+                let topic = TopicName::new(p.topic).map_err(|_| ProtocolError::InvalidTopicName)?;
+                self.topic_aliases.insert(alias, topic.clone());
+                topic
+            }
+        };
         let message = Arc::new(Message {
             topic,
             payload: p.payload,
@@ -582,6 +601,7 @@ impl Connection<'_> {
         &mut self,
         packet_id: u16,
         filters: Vec<(bytestring::ByteString, SubOptions)>,
+        subscription_id: Option<u32>,
     ) -> Handled {
         let mut codes = Vec::with_capacity(filters.len());
         let mut retained = Vec::new();
@@ -605,7 +625,7 @@ impl Connection<'_> {
                 Ok(mut st) => st.subscriptions.insert(filter.clone(), options),
                 Err(_) => return Ok(Some(Exit::TakenOver)),
             };
-            let subscriber = Subscriber { entry: Arc::clone(self.entry), options };
+            let subscriber = Subscriber { entry: Arc::clone(self.entry), options, subscription_id };
             if let Some(inner) = shared {
                 // no retained messages on a shared subscription: the group is not a new
                 // subscriber each time a member joins
@@ -623,7 +643,12 @@ impl Connection<'_> {
             };
             if wants_retained {
                 for m in self.shared.router.retained_matching(&filter) {
-                    retained.push(Delivery { qos: m.qos.min(options.qos), message: m, retain: true });
+                    retained.push(Delivery {
+                        qos: m.qos.min(options.qos),
+                        message: m,
+                        retain: true,
+                        subscription_ids: subscription_id.into_iter().collect(),
+                    });
                 }
             }
             codes.push(SubAckCode::Granted(options.qos));

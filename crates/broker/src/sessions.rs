@@ -448,6 +448,7 @@ async fn route(shared: &Shared, from: Option<&ClientId>, message: &Arc<Message>)
             qos: message.qos.min(target.qos),
             // [MQTT-3.3.1-12] / [MQTT-3.3.1-13] Retain As Published
             retain: target.retain_as_published && message.retain,
+            subscription_ids: target.subscription_ids,
         };
         target.entry.enqueue(shared, delivery).await;
     }

@@ -203,6 +203,8 @@ pub enum Outbound {
         receive_maximum: u16,
         /// MQTT 5 Maximum Packet Size the server accepts.
         maximum_packet_size: u32,
+        /// MQTT 5 Topic Alias Maximum: aliases the client may use towards us.
+        topic_alias_maximum: u16,
     },
     /// A delivery.
     Publish {
@@ -216,6 +218,8 @@ pub enum Outbound {
         retain: bool,
         /// DUP flag (redelivery).
         dup: bool,
+        /// MQTT 5 Subscription Identifiers (never sent to 3.x clients).
+        subscription_ids: Vec<u32>,
     },
     /// PUBACK (with an MQTT 5 reason code).
     PubAck(u16, u8),

@@ -18,6 +18,8 @@ use crate::sessions::SessionEntry;
 pub(crate) struct Subscriber {
     pub(crate) entry: Arc<SessionEntry>,
     pub(crate) options: SubOptions,
+    /// MQTT 5 Subscription Identifier of the SUBSCRIBE that made it.
+    pub(crate) subscription_id: Option<u32>,
 }
 
 #[derive(Default)]
@@ -42,6 +44,8 @@ pub(crate) struct Target {
     pub(crate) qos: QoS,
     pub(crate) no_local: bool,
     pub(crate) retain_as_published: bool,
+    /// Identifiers of every matching subscription that has one ([MQTT-3.3.4-4]).
+    pub(crate) subscription_ids: Vec<u32>,
 }
 
 /// The members of one shared subscription `$share/{group}/{filter}`.
@@ -149,6 +153,7 @@ impl Router {
                     qos: s.options.qos,
                     no_local: s.options.no_local,
                     retain_as_published: s.options.retain_as_published,
+                    subscription_ids: s.subscription_id.into_iter().collect(),
                 });
             }
         }
@@ -212,6 +217,7 @@ impl Router {
                 qos: pick.options.qos,
                 no_local: false,
                 retain_as_published: pick.options.retain_as_published,
+                subscription_ids: pick.subscription_id.into_iter().collect(),
             });
         }
     }
@@ -263,6 +269,7 @@ fn merge_per_session(mut targets: Vec<Target>) -> Vec<Target> {
                 last.qos = last.qos.max(t.qos);
                 last.no_local &= t.no_local;
                 last.retain_as_published |= t.retain_as_published;
+                last.subscription_ids.extend(t.subscription_ids);
             }
             _ => merged.push(t),
         }

@@ -13,7 +13,10 @@ fn entry(id: &str) -> Arc<SessionEntry> {
 
 fn sub(router: &Router, e: &Arc<SessionEntry>, filter: &str, qos: QoS) -> bool {
     let f = TopicFilter::new(filter.to_owned()).unwrap();
-    router.subscribe(&f, Subscriber { entry: Arc::clone(e), options: SubOptions::with_qos(qos) })
+    router.subscribe(
+        &f,
+        Subscriber { entry: Arc::clone(e), options: SubOptions::with_qos(qos), subscription_id: None },
+    )
 }
 
 fn matched(router: &Router, topic: &str) -> Vec<(String, QoS)> {

@@ -363,7 +363,7 @@ fn v3_out(packet: Outbound) -> Option<v3::Packet> {
             let session_present = session_present && code == ConnAckCode::Success;
             P::ConnectAck(v3::ConnectAck { return_code, session_present })
         }
-        Outbound::Publish { message, qos, packet_id, retain, dup } => {
+        Outbound::Publish { message, qos, packet_id, retain, dup, .. } => {
             P::Publish(Box::new(wire_publish(&message, qos, packet_id, retain, dup, None)))
         }
         Outbound::PubAck(id, _) => P::PublishAck { packet_id: pid(id) },
@@ -411,6 +411,7 @@ fn v5_out(packet: Outbound) -> v5::Packet {
             server_keep_alive,
             receive_maximum,
             maximum_packet_size,
+            topic_alias_maximum,
         } => {
             let reason_code = match code {
                 ConnAckCode::Success => v5::ConnectAckReason::Success,
@@ -429,12 +430,17 @@ fn v5_out(packet: Outbound) -> v5::Packet {
                 receive_max: NonZeroU16::new(receive_maximum).unwrap_or(NonZeroU16::MAX),
                 max_packet_size: Some(maximum_packet_size),
                 shared_subscription_available: true,
-                subscription_identifiers_available: false,
+                subscription_identifiers_available: true,
+                topic_alias_max: topic_alias_maximum,
                 ..v5::ConnectAck::default()
             }))
         }
-        Outbound::Publish { message, qos, packet_id, retain, dup } => {
-            let props = (!message.properties.is_empty()).then(|| properties_out(&message.properties));
+        Outbound::Publish { message, qos, packet_id, retain, dup, subscription_ids } => {
+            let props = (!message.properties.is_empty() || !subscription_ids.is_empty()).then(|| {
+                let mut props = properties_out(&message.properties);
+                props.subscription_ids = subscription_ids.into_iter().filter_map(NonZeroU32::new).collect();
+                props
+            });
             P::Publish(Box::new(wire_publish(&message, qos, packet_id, retain, dup, props)))
         }
         Outbound::PubAck(id, reason) => P::PublishAck(v5::PublishAck {

@@ -172,6 +172,7 @@ fn encoder_writes_v311_connack_and_suback_bytes() {
             server_keep_alive: None,
             receive_maximum: 10,
             maximum_packet_size: 1024,
+            topic_alias_maximum: 0,
         },
         &mut buf,
     )
@@ -201,6 +202,7 @@ fn mqtt_3_2_2_4_refused_connack_never_says_session_present() {
             server_keep_alive: None,
             receive_maximum: 10,
             maximum_packet_size: 1024,
+            topic_alias_maximum: 0,
         },
         &mut buf,
     )

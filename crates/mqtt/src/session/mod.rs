@@ -45,6 +45,8 @@ pub struct Delivery {
     pub qos: QoS,
     /// The RETAIN flag to send.
     pub retain: bool,
+    /// MQTT 5 Subscription Identifiers of the matching subscriptions ([MQTT-3.3.4-3]).
+    pub subscription_ids: Vec<u32>,
 }
 
 /// A delivery was not queued.
@@ -172,6 +174,7 @@ impl Session {
                     packet_id: Some(id),
                     retain: f.delivery.retain,
                     dup: true,
+                    subscription_ids: f.delivery.subscription_ids.clone(),
                 },
                 Awaiting::PubComp => Outbound::PubRel(id),
             })
@@ -209,6 +212,7 @@ impl Session {
             packet_id,
             retain: delivery.retain,
             dup: false,
+            subscription_ids: delivery.subscription_ids,
         })
     }
 

@@ -19,6 +19,7 @@ fn delivery(n: u8, qos: QoS) -> Delivery {
         }),
         qos,
         retain: false,
+        subscription_ids: Vec::new(),
     }
 }
 
