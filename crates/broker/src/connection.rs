@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use telehub_core::{ClientId, Message, QoS, TopicFilter, TopicName};
 use telehub_mqtt::{
-    ConnAckCode, Connect, Decoder, Delivery, Encoder, Inbound, Outbound, ProtocolError, ProtocolVersion,
-    PublishIn, SubAckCode, SubOptions,
+    BrokerTime, ConnAckCode, Connect, Decoder, Delivery, Encoder, Inbound, Outbound, ProtocolError,
+    ProtocolVersion, PublishIn, SubAckCode, SubOptions,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -257,6 +257,7 @@ async fn run_connected(
         waker,
         stop: stop_writer.clone(),
         stats: Arc::clone(&shared.stats),
+        started: shared.started,
     }));
 
     let ingest_failed = CancellationToken::new();
@@ -642,12 +643,13 @@ impl Connection<'_> {
                 _ => false,
             };
             if wants_retained {
-                for m in self.shared.router.retained_matching(&filter) {
+                for (m, expires_at) in self.shared.router.retained_matching(&filter, self.shared.now()) {
                     retained.push(Delivery {
                         qos: m.qos.min(options.qos),
                         message: m,
                         retain: true,
                         subscription_ids: subscription_id.into_iter().collect(),
+                        expires_at,
                     });
                 }
             }
@@ -693,6 +695,8 @@ struct Writer {
     waker: Arc<Notify>,
     stop: CancellationToken,
     stats: Arc<Stats>,
+    /// Start of the broker's clock, for message expiry.
+    started: Instant,
 }
 
 impl Writer {
@@ -725,7 +729,8 @@ async fn write_loop(mut w: Writer) {
                 }
             }
         }
-        let more = match w.entry.drain(w.conn, &mut w.encoder, &mut buf, WRITE_BATCH) {
+        let now = BrokerTime(w.started.elapsed());
+        let more = match w.entry.drain(w.conn, &mut w.encoder, &mut buf, WRITE_BATCH, (now, &w.stats)) {
             Ok((sent, more)) => {
                 Stats::add(&w.stats.messages_sent, sent);
                 more

@@ -25,6 +25,7 @@ mod sys;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use telehub_mqtt::BrokerTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -58,6 +59,15 @@ pub(crate) struct Shared {
     /// Cancelled when the broker stops: ends tasks that outlive connections
     /// (delayed wills, the session reaper).
     pub(crate) stopping: CancellationToken,
+    /// Start of the broker's clock ([`BrokerTime`]).
+    pub(crate) started: tokio::time::Instant,
+}
+
+impl Shared {
+    /// Now on the broker's clock.
+    pub(crate) fn now(&self) -> BrokerTime {
+        BrokerTime(self.started.elapsed())
+    }
 }
 
 /// A broker whose listener is bound but not yet accepting. See [`Broker::run`].
@@ -84,6 +94,7 @@ impl Broker {
             stats: Arc::new(Stats::default()),
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
+            started: tokio::time::Instant::now(),
             config,
         });
         Ok(Self { shared, listener, local_addr })

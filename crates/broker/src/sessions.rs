@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use telehub_core::{ClientId, Message, TopicFilter};
-use telehub_mqtt::{Delivery, Encoder, EnqueueError, Outbound, Session, SessionLimits, SubOptions};
+use telehub_mqtt::{
+    BrokerTime, Delivery, Encoder, EnqueueError, Outbound, Session, SessionLimits, SubOptions,
+};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -194,12 +196,14 @@ impl SessionEntry {
         encoder: &mut Encoder,
         buf: &mut BytesMut,
         max_bytes: usize,
+        (now, stats): (BrokerTime, &Stats),
     ) -> Result<(u64, bool), NotOwner> {
         let mut st = self.lock_owned(conn)?;
         let mut sent = 0;
         let mut more = false;
+        let expired_before = st.session.expired();
         while buf.len() < max_bytes {
-            let Some(packet) = st.session.next_outgoing() else { break };
+            let Some(packet) = st.session.next_outgoing(now) else { break };
             let packet_id = match &packet {
                 Outbound::Publish { packet_id, .. } => *packet_id,
                 _ => None,
@@ -215,7 +219,11 @@ impl SessionEntry {
             sent += 1;
             more = buf.len() >= max_bytes;
         }
-        let freed = sent > 0;
+        let expired = st.session.expired() - expired_before;
+        if expired > 0 {
+            Stats::add(&stats.messages_expired, expired);
+        }
+        let freed = sent > 0 || expired > 0;
         if st.session.has_room() {
             st.dropping = false;
         }
@@ -317,7 +325,7 @@ impl Sessions {
             st.expiry = req.expiry;
             st.disconnected_at = None;
             st.generation += 1;
-            let resend = st.session.resume(req.receive_maximum);
+            let resend = st.session.resume(req.receive_maximum, shared.now());
             drop(st);
             (entry, present, resend)
         };
@@ -418,9 +426,6 @@ pub(crate) async fn publish(
     from: Option<&ClientId>,
     message: Arc<Message>,
 ) -> Option<IngestAck> {
-    if message.retain {
-        shared.router.retain(&message);
-    }
     let ack = shared.hook.as_ref().and_then(|hook| hook.offer(from, &message));
     route(shared, from, &message).await;
     ack
@@ -431,14 +436,16 @@ pub(crate) async fn publish(
 /// `None` publisher means a will). Without this the hub ingested the broker's counters
 /// as if they were wills (found by tests/ingest.rs).
 pub(crate) async fn publish_internal(shared: &Shared, message: Arc<Message>) {
-    if message.retain {
-        shared.router.retain(&message);
-    }
     route(shared, None, &message).await;
 }
 
-/// Queues `message` for every matching session.
+/// Stores or clears the retained copy, then queues `message` for every matching
+/// session, with its expiry on the broker's clock.
 async fn route(shared: &Shared, from: Option<&ClientId>, message: &Arc<Message>) {
+    let expires_at = message.properties.message_expiry.map(|d| BrokerTime(shared.now().0 + d));
+    if message.retain {
+        shared.router.retain(message, expires_at);
+    }
     for target in shared.router.targets(&message.topic) {
         if target.no_local && from == Some(&target.entry.client_id) {
             continue; // [MQTT-3.8.3-3] No Local
@@ -449,6 +456,7 @@ async fn route(shared: &Shared, from: Option<&ClientId>, message: &Arc<Message>)
             // [MQTT-3.3.1-12] / [MQTT-3.3.1-13] Retain As Published
             retain: target.retain_as_published && message.retain,
             subscription_ids: target.subscription_ids,
+            expires_at,
         };
         target.entry.enqueue(shared, delivery).await;
     }

@@ -12,6 +12,7 @@ pub struct Stats {
     pub(crate) bytes_received: AtomicU64,
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) messages_dropped: AtomicU64,
+    pub(crate) messages_expired: AtomicU64,
     pub(crate) protocol_errors: AtomicU64,
 }
 
@@ -32,6 +33,8 @@ pub struct StatsSnapshot {
     pub bytes_sent: u64,
     /// Deliveries dropped because a session queue was full.
     pub messages_dropped: u64,
+    /// Queued deliveries discarded because their Message Expiry Interval passed.
+    pub messages_expired: u64,
     /// Connections closed for breaking the protocol.
     pub protocol_errors: u64,
 }
@@ -48,6 +51,7 @@ impl Stats {
             bytes_received: get(&self.bytes_received),
             bytes_sent: get(&self.bytes_sent),
             messages_dropped: get(&self.messages_dropped),
+            messages_expired: get(&self.messages_expired),
             protocol_errors: get(&self.protocol_errors),
         }
     }

@@ -46,6 +46,7 @@ fn snapshot(shared: &Shared, uptime: Duration) -> Vec<(&'static str, String)> {
         ("messages/received", s.messages_received.to_string()),
         ("messages/sent", s.messages_sent.to_string()),
         ("messages/dropped", s.messages_dropped.to_string()),
+        ("messages/expired", s.messages_expired.to_string()),
         ("bytes/received", s.bytes_received.to_string()),
         ("bytes/sent", s.bytes_sent.to_string()),
         ("subscriptions/count", shared.router.subscription_count().to_string()),

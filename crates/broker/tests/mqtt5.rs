@@ -132,3 +132,56 @@ async fn retained_message_on_subscribe_carries_the_subscription_identifier() {
     assert!(p.retain);
     assert_eq!(subscription_ids(&p), [42]);
 }
+
+/// A v5 QoS 1 PUBLISH with a Message Expiry Interval property (0x02).
+fn publish_with_expiry(topic: &str, packet_id: u16, secs: u32, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    string(topic.as_bytes(), &mut body);
+    body.extend_from_slice(&packet_id.to_be_bytes());
+    let mut props = vec![0x02];
+    props.extend_from_slice(&secs.to_be_bytes());
+    varint(props.len(), &mut body);
+    body.extend_from_slice(&props);
+    body.extend_from_slice(payload);
+    frame(0x32, &body)
+}
+
+#[tokio::test]
+async fn mqtt_3_3_2_5_message_expired_while_queued_is_not_delivered() {
+    let broker = TestBroker::start().await;
+    let persistent = Connect::v5("sleepy").clean(false).session_expiry(600);
+    let (mut sub, _) = broker.client(&persistent).await;
+    assert_eq!(sub.subscribe(1, &[("x/#", 1)]).await, [1]);
+    sub.disconnect().await;
+
+    let (mut publisher, _) = broker.client(&Connect::v5("pub")).await;
+    publisher.send(&publish_with_expiry("x/short", 1, 1, b"gone")).await;
+    assert_eq!(publisher.next_packet().await.packet_id(), 1);
+    publisher.send(&publish_with_expiry("x/long", 2, 100, b"kept")).await;
+    assert_eq!(publisher.next_packet().await.packet_id(), 2);
+    tokio::time::sleep(std::time::Duration::from_millis(2_200)).await; // past the 1 s expiry
+
+    let (mut sub, ack) = broker.client(&persistent).await;
+    assert!(ack.session_present);
+    let p = sub.expect_publish().await;
+    assert_eq!(p.payload, b"kept", "the expired message was dropped from the queue");
+    let left = p.properties.u32(0x02).expect("expiry forwarded");
+    assert!((1..=98).contains(&left), "[MQTT-3.3.2-6] the interval left, not the original: {left}");
+    sub.send(&telehub_testkit::build::puback(p.id())).await;
+    sub.expect_nothing().await;
+    assert_eq!(broker.stats().snapshot().messages_expired, 1);
+}
+
+#[tokio::test]
+async fn mqtt_3_3_2_5_expired_retained_message_is_not_sent_to_new_subscribers() {
+    let broker = TestBroker::start().await;
+    let (mut publisher, _) = broker.client(&Connect::v5("pub")).await;
+    let mut short = publish_with_expiry("r/short", 1, 1, b"old");
+    short[0] |= 0x01; // RETAIN
+    publisher.send(&short).await;
+    assert_eq!(publisher.next_packet().await.packet_id(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let (mut sub, _) = broker.client(&Connect::v5("late")).await;
+    assert_eq!(sub.subscribe(1, &[("r/#", 1)]).await, [1]);
+    sub.expect_nothing().await;
+}

@@ -21,4 +21,4 @@ pub use packet::{
     ConnAckCode, Connect, Inbound, Outbound, ProtocolVersion, PublishIn, SubAckCode, SubOptions, Will,
 };
 pub use reason::ProtocolError;
-pub use session::{Delivery, EnqueueError, OverflowPolicy, Session, SessionLimits};
+pub use session::{BrokerTime, Delivery, EnqueueError, OverflowPolicy, Session, SessionLimits};

@@ -220,6 +220,9 @@ pub enum Outbound {
         dup: bool,
         /// MQTT 5 Subscription Identifiers (never sent to 3.x clients).
         subscription_ids: Vec<u32>,
+        /// What is left of the Message Expiry Interval, sent instead of the
+        /// publisher's value.
+        message_expiry: Option<Duration>,
     },
     /// PUBACK (with an MQTT 5 reason code).
     PubAck(u16, u8),

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use telehub_core::{ClientId, Message, QoS, TopicFilter, TopicName};
-use telehub_mqtt::SubOptions;
+use telehub_mqtt::{BrokerTime, SubOptions};
 
 use crate::sessions::SessionEntry;
 
@@ -62,8 +62,13 @@ pub(crate) struct Router {
     /// Shared subscriptions by their full `$share/{group}/{filter}` filter. Matched by
     /// scanning: deployments have few groups, each with many members.
     shared: RwLock<HashMap<TopicFilter, SharedGroup>>,
-    retained: RwLock<HashMap<TopicName, Arc<Message>>>,
+    /// Retained messages with their expiry ([MQTT-3.3.2-5]: an expired retained
+    /// message is not delivered).
+    retained: RwLock<HashMap<TopicName, Retained>>,
 }
+
+/// A retained message and when it expires.
+type Retained = (Arc<Message>, Option<BrokerTime>);
 
 impl Router {
     /// Adds or replaces the session's membership of the shared subscription `shared`
@@ -224,12 +229,12 @@ impl Router {
 
     /// Stores, replaces or (with an empty payload) clears the retained message of its
     /// topic ([MQTT-3.3.1-5], [MQTT-3.3.1-10], [MQTT-3.3.1-11]).
-    pub(crate) fn retain(&self, message: &Arc<Message>) {
+    pub(crate) fn retain(&self, message: &Arc<Message>, expires_at: Option<BrokerTime>) {
         let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
         if message.payload.is_empty() {
             retained.remove(&message.topic);
         } else {
-            retained.insert(message.topic.clone(), Arc::clone(message));
+            retained.insert(message.topic.clone(), (Arc::clone(message), expires_at));
         }
     }
 
@@ -248,10 +253,18 @@ impl Router {
         count(&self.trie.read().unwrap_or_else(|e| e.into_inner())) + shared
     }
 
-    /// Retained messages whose topic matches `filter` ([MQTT-3.3.1-6]).
-    pub(crate) fn retained_matching(&self, filter: &TopicFilter) -> Vec<Arc<Message>> {
-        let retained = self.retained.read().unwrap_or_else(|e| e.into_inner());
-        retained.values().filter(|m| filter.matches(&m.topic)).cloned().collect()
+    /// Retained messages whose topic matches `filter` ([MQTT-3.3.1-6]) and that have
+    /// not expired by `now`, with their expiry. Expired ones are removed.
+    pub(crate) fn retained_matching(&self, filter: &TopicFilter, now: BrokerTime) -> Vec<Retained> {
+        let expired = |at: &Option<BrokerTime>| at.is_some_and(|at| now >= at);
+        let found: Vec<_> = {
+            let retained = self.retained.read().unwrap_or_else(|e| e.into_inner());
+            retained.values().filter(|(m, _)| filter.matches(&m.topic)).cloned().collect()
+        };
+        if found.iter().any(|(_, at)| expired(at)) {
+            self.retained.write().unwrap_or_else(|e| e.into_inner()).retain(|_, (_, at)| !expired(at));
+        }
+        found.into_iter().filter(|(_, at)| !expired(at)).collect()
     }
 }
 

@@ -435,10 +435,15 @@ fn v5_out(packet: Outbound) -> v5::Packet {
                 ..v5::ConnectAck::default()
             }))
         }
-        Outbound::Publish { message, qos, packet_id, retain, dup, subscription_ids } => {
+        Outbound::Publish { message, qos, packet_id, retain, dup, subscription_ids, message_expiry } => {
             let props = (!message.properties.is_empty() || !subscription_ids.is_empty()).then(|| {
                 let mut props = properties_out(&message.properties);
                 props.subscription_ids = subscription_ids.into_iter().filter_map(NonZeroU32::new).collect();
+                if let Some(left) = message_expiry {
+                    // [MQTT-3.3.2-6] forward what is left of the interval
+                    props.message_expiry_interval =
+                        NonZeroU32::new(u32::try_from(left.as_secs()).unwrap_or(u32::MAX).max(1));
+                }
                 props
             });
             P::Publish(Box::new(wire_publish(&message, qos, packet_id, retain, dup, props)))

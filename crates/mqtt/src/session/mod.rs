@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use telehub_core::{Message, QoS};
 
@@ -36,6 +37,11 @@ pub struct SessionLimits {
     pub overflow: OverflowPolicy,
 }
 
+/// A point on the broker's monotonic clock: time since the broker started. The session
+/// never reads a clock itself; the caller passes the time in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct BrokerTime(pub Duration);
+
 /// A message on its way to one subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
@@ -47,6 +53,22 @@ pub struct Delivery {
     pub retain: bool,
     /// MQTT 5 Subscription Identifiers of the matching subscriptions ([MQTT-3.3.4-3]).
     pub subscription_ids: Vec<u32>,
+    /// When the message expires (MQTT 5 Message Expiry Interval), if it does.
+    pub expires_at: Option<BrokerTime>,
+}
+
+impl Delivery {
+    /// What is left of the Message Expiry Interval at `now`, at least one second while
+    /// the message is not expired ([MQTT-3.3.2-6]: the forwarded interval is what is
+    /// left); `None` for a message that does not expire.
+    fn remaining(&self, now: BrokerTime) -> Option<Duration> {
+        let left = self.expires_at?.0.saturating_sub(now.0);
+        Some(left.max(Duration::from_secs(1)))
+    }
+
+    fn is_expired(&self, now: BrokerTime) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
 }
 
 /// A delivery was not queued.
@@ -88,6 +110,7 @@ pub struct Session {
     /// QoS 2 packet ids received (PUBREC sent) and not yet released by PUBREL.
     incoming_qos2: HashSet<u16>,
     dropped: u64,
+    expired: u64,
 }
 
 impl Session {
@@ -102,12 +125,19 @@ impl Session {
             next_seq: 0,
             incoming_qos2: HashSet::new(),
             dropped: 0,
+            expired: 0,
         }
     }
 
     /// Deliveries dropped by the overflow policy since the session began.
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// Queued deliveries whose Message Expiry Interval passed before they could be
+    /// sent, and were discarded ([MQTT-3.3.2-5]), since the session began.
+    pub fn expired(&self) -> u64 {
+        self.expired
     }
 
     /// Deliveries waiting to be sent.
@@ -161,7 +191,7 @@ impl Session {
     /// and returns what must be resent first: every unacknowledged QoS 1/2 PUBLISH with
     /// DUP set and every PUBREL not yet completed, in their original order
     /// ([MQTT-4.4.0-1], [MQTT-4.6.0-1]).
-    pub fn resume(&mut self, client_receive_maximum: u16) -> Vec<Outbound> {
+    pub fn resume(&mut self, client_receive_maximum: u16, now: BrokerTime) -> Vec<Outbound> {
         self.client_receive_maximum = client_receive_maximum.max(1);
         let mut pending: Vec<(&u16, &Inflight)> = self.inflight.iter().collect();
         pending.sort_by_key(|(_, f)| f.seq);
@@ -175,6 +205,7 @@ impl Session {
                     retain: f.delivery.retain,
                     dup: true,
                     subscription_ids: f.delivery.subscription_ids.clone(),
+                    message_expiry: f.delivery.remaining(now),
                 },
                 Awaiting::PubComp => Outbound::PubRel(id),
             })
@@ -188,7 +219,14 @@ impl Session {
     /// Takes the next queued delivery that may be sent now, assigning a packet id to
     /// QoS 1/2 deliveries and recording them as in flight. Returns `None` when the queue
     /// is empty or the next QoS 1/2 delivery must wait for the in-flight window.
-    pub fn next_outgoing(&mut self) -> Option<Outbound> {
+    ///
+    /// Queued deliveries that expired by `now` are discarded on the way ([MQTT-3.3.2-5])
+    /// and counted ([`Session::expired`]).
+    pub fn next_outgoing(&mut self, now: BrokerTime) -> Option<Outbound> {
+        while self.queue.front().is_some_and(|d| d.is_expired(now)) {
+            self.queue.pop_front();
+            self.expired += 1;
+        }
         let front = self.queue.front()?;
         if front.qos != QoS::AtMostOnce && self.inflight.len() >= self.window() {
             return None;
@@ -206,12 +244,14 @@ impl Session {
                 Some(id)
             }
         };
+        let message_expiry = delivery.remaining(now);
         Some(Outbound::Publish {
             message: delivery.message,
             qos: delivery.qos,
             packet_id,
             retain: delivery.retain,
             dup: false,
+            message_expiry,
             subscription_ids: delivery.subscription_ids,
         })
     }

@@ -1,5 +1,7 @@
 //! Session state machine tests, without sockets, tagged with the spec statements.
 
+use std::time::Duration;
+
 use super::*;
 use bytes::Bytes;
 use telehub_core::{MessageProperties, TopicName};
@@ -20,6 +22,47 @@ fn delivery(n: u8, qos: QoS) -> Delivery {
         qos,
         retain: false,
         subscription_ids: Vec::new(),
+        expires_at: None,
+    }
+}
+
+const T0: BrokerTime = BrokerTime(Duration::ZERO);
+
+fn at(secs: u64) -> BrokerTime {
+    BrokerTime(Duration::from_secs(secs))
+}
+
+#[test]
+fn mqtt_3_3_2_5_expired_queued_delivery_is_discarded_and_counted() {
+    let mut s = Session::new(limits(10, 10));
+    let mut d = delivery(1, QoS::AtLeastOnce);
+    d.expires_at = Some(at(10));
+    s.enqueue(d).unwrap();
+    let mut fresh = delivery(2, QoS::AtLeastOnce);
+    fresh.expires_at = Some(at(100));
+    s.enqueue(fresh).unwrap();
+    match s.next_outgoing(at(40)).unwrap() {
+        Outbound::Publish { message, message_expiry, .. } => {
+            assert_eq!(message.payload[0], 2, "the expired one was skipped");
+            assert_eq!(message_expiry, Some(Duration::from_secs(60)), "[MQTT-3.3.2-6] what is left");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.expired(), 1);
+}
+
+#[test]
+fn resent_delivery_carries_the_interval_left_at_resume() {
+    let mut s = Session::new(limits(10, 10));
+    let mut d = delivery(1, QoS::AtLeastOnce);
+    d.expires_at = Some(at(30));
+    s.enqueue(d).unwrap();
+    s.next_outgoing(at(0)).unwrap();
+    match &s.resume(10, at(25))[..] {
+        [Outbound::Publish { message_expiry, dup: true, .. }] => {
+            assert_eq!(*message_expiry, Some(Duration::from_secs(5)));
+        }
+        other => panic!("{other:?}"),
     }
 }
 
@@ -35,8 +78,8 @@ fn mqtt_2_3_1_1_qos0_has_no_packet_id_and_qos1_gets_a_nonzero_one() {
     let mut s = Session::new(limits(10, 10));
     s.enqueue(delivery(0, QoS::AtMostOnce)).unwrap();
     s.enqueue(delivery(1, QoS::AtLeastOnce)).unwrap();
-    assert_eq!(publish_id(&s.next_outgoing().unwrap()).0, None);
-    let (id, _, _) = publish_id(&s.next_outgoing().unwrap());
+    assert_eq!(publish_id(&s.next_outgoing(T0).unwrap()).0, None);
+    let (id, _, _) = publish_id(&s.next_outgoing(T0).unwrap());
     assert!(matches!(id, Some(n) if n != 0));
     assert_eq!(s.inflight(), 1);
 }
@@ -48,13 +91,13 @@ fn mqtt_2_3_1_2_packet_ids_in_flight_are_unique_and_wrap_skipping_zero() {
     for n in 0..3 {
         s.enqueue(delivery(n, QoS::AtLeastOnce)).unwrap();
     }
-    let ids: Vec<_> = (0..3).map(|_| publish_id(&s.next_outgoing().unwrap()).0.unwrap()).collect();
+    let ids: Vec<_> = (0..3).map(|_| publish_id(&s.next_outgoing(T0).unwrap()).0.unwrap()).collect();
     assert_eq!(ids, vec![u16::MAX - 1, u16::MAX, 1]);
     // id 1 is in flight: the next allocation after the wrap must skip it
     s.on_puback(u16::MAX).unwrap();
     s.next_packet_id = 1;
     s.enqueue(delivery(9, QoS::AtLeastOnce)).unwrap();
-    assert_eq!(publish_id(&s.next_outgoing().unwrap()).0, Some(2));
+    assert_eq!(publish_id(&s.next_outgoing(T0).unwrap()).0, Some(2));
 }
 
 #[test]
@@ -62,29 +105,29 @@ fn mqtt_4_9_0_2_inflight_window_holds_back_qos1_but_not_qos0() {
     let mut s = Session::new(limits(10, 1));
     s.enqueue(delivery(1, QoS::AtLeastOnce)).unwrap();
     s.enqueue(delivery(2, QoS::AtLeastOnce)).unwrap();
-    let (id, _, _) = publish_id(&s.next_outgoing().unwrap());
-    assert!(s.next_outgoing().is_none(), "window of 1 is full");
+    let (id, _, _) = publish_id(&s.next_outgoing(T0).unwrap());
+    assert!(s.next_outgoing(T0).is_none(), "window of 1 is full");
     s.on_puback(id.unwrap()).unwrap();
-    assert_eq!(publish_id(&s.next_outgoing().unwrap()).2, 2);
+    assert_eq!(publish_id(&s.next_outgoing(T0).unwrap()).2, 2);
 }
 
 #[test]
 fn mqtt_3_3_4_7_client_receive_maximum_lowers_the_window() {
     let mut s = Session::new(limits(10, 100));
-    assert!(s.resume(2).is_empty());
+    assert!(s.resume(2, T0).is_empty());
     for n in 0..3 {
         s.enqueue(delivery(n, QoS::AtLeastOnce)).unwrap();
     }
-    assert!(s.next_outgoing().is_some());
-    assert!(s.next_outgoing().is_some());
-    assert!(s.next_outgoing().is_none());
+    assert!(s.next_outgoing(T0).is_some());
+    assert!(s.next_outgoing(T0).is_some());
+    assert!(s.next_outgoing(T0).is_none());
 }
 
 #[test]
 fn mqtt_4_3_3_qos2_outgoing_flow_publish_pubrec_pubrel_pubcomp() {
     let mut s = Session::new(limits(10, 10));
     s.enqueue(delivery(1, QoS::ExactlyOnce)).unwrap();
-    let id = publish_id(&s.next_outgoing().unwrap()).0.unwrap();
+    let id = publish_id(&s.next_outgoing(T0).unwrap()).0.unwrap();
     assert_eq!(s.on_puback(id), Err(ProtocolError::UnknownPacketId), "QoS 2 is not acked by PUBACK");
     assert_eq!(s.on_pubcomp(id), Err(ProtocolError::UnknownPacketId), "PUBCOMP before PUBREC");
     assert_eq!(s.on_pubrec(id), Ok(Outbound::PubRel(id)));
@@ -106,10 +149,10 @@ fn mqtt_4_4_0_1_resume_resends_unacked_with_dup_in_order_then_pubrel() {
     for n in 0..3 {
         s.enqueue(delivery(n, if n == 1 { QoS::ExactlyOnce } else { QoS::AtLeastOnce })).unwrap();
     }
-    let ids: Vec<_> = (0..3).map(|_| publish_id(&s.next_outgoing().unwrap()).0.unwrap()).collect();
+    let ids: Vec<_> = (0..3).map(|_| publish_id(&s.next_outgoing(T0).unwrap()).0.unwrap()).collect();
     s.on_puback(ids[0]).unwrap();
     s.on_pubrec(ids[1]).unwrap(); // now awaiting PUBCOMP
-    let resent = s.resume(10);
+    let resent = s.resume(10, T0);
     assert_eq!(resent.len(), 2);
     assert_eq!(resent[0], Outbound::PubRel(ids[1]));
     assert_eq!(publish_id(&resent[1]), (Some(ids[2]), true, 2));
@@ -137,7 +180,7 @@ fn full_queue_refuses_new_deliveries_with_drop_new() {
     );
     s.count_drop();
     assert_eq!(s.dropped(), 1);
-    assert_eq!(publish_id(&s.next_outgoing().unwrap()).2, 1);
+    assert_eq!(publish_id(&s.next_outgoing(T0).unwrap()).2, 1);
 }
 
 #[test]
@@ -149,7 +192,7 @@ fn full_queue_drops_oldest_with_drop_oldest_and_counts_it() {
     }
     assert_eq!(s.dropped(), 1);
     assert_eq!(s.queued(), 2);
-    assert_eq!(publish_id(&s.next_outgoing().unwrap()).2, 2);
+    assert_eq!(publish_id(&s.next_outgoing(T0).unwrap()).2, 2);
 }
 
 #[test]
@@ -157,9 +200,9 @@ fn clear_forgets_queue_inflight_and_incoming() {
     let mut s = Session::new(limits(10, 10));
     s.enqueue(delivery(1, QoS::AtLeastOnce)).unwrap();
     s.enqueue(delivery(2, QoS::AtLeastOnce)).unwrap();
-    s.next_outgoing().unwrap();
+    s.next_outgoing(T0).unwrap();
     s.on_incoming_qos2(9);
     s.clear();
     assert_eq!((s.queued(), s.inflight(), s.incoming_qos2_pending()), (0, 0, 0));
-    assert!(s.resume(10).is_empty());
+    assert!(s.resume(10, T0).is_empty());
 }
