@@ -9,7 +9,6 @@ use axum::extract::State;
 use serde_json::{Value, json};
 use telehub_hub::ingest::FieldRules;
 use telehub_hub::ingest::mapping::{self, MapError};
-use telehub_hub::timestamp;
 use telehub_store::TelemetryStore;
 
 use crate::AppState;
@@ -32,7 +31,7 @@ pub(crate) async fn post<S: TelemetryStore>(
         object,
         &FieldRules::standard(),
         Some(DEVICE_FIELD),
-        timestamp::now(),
+        state.ingest.arrival(),
     )
     .map_err(bad)?;
     state.ingest.try_ingest(vec![record]).await.map_err(|e| Tutorial(e.into()))?;

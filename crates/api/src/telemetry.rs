@@ -28,7 +28,7 @@ use serde_json::{Map, Value};
 use telehub_core::DeviceId;
 use telehub_hub::ingest::FieldRules;
 use telehub_hub::ingest::mapping::{self, MapError};
-use telehub_hub::timestamp::{self, to_rfc3339};
+use telehub_hub::timestamp::{self, Arrival, to_rfc3339};
 use telehub_store::{
     Agg, AggregateQuery, Cursor, Metric, PointsQuery, Record, Resolution, TelemetryStore, Timestamp,
 };
@@ -57,16 +57,16 @@ pub(crate) async fn post<S: TelemetryStore>(
     DevicePath(device): DevicePath,
     body: Body,
 ) -> Result<Json<Stored>, ApiError> {
-    let records = records_of(&device, &body, timestamp::now())?;
+    let records = records_of(&device, &body, state.ingest.arrival())?;
     let receipt = state.ingest.try_ingest(records).await?;
     Ok(Json(Stored { records: receipt.records, points: receipt.points }))
 }
 
 /// The records in a `POST` body, or a 400 saying which item or line is wrong and how.
-fn records_of(device: &DeviceId, body: &Body, now: Timestamp) -> Result<Vec<Record>, ApiError> {
+fn records_of(device: &DeviceId, body: &Body, arrival: &impl Arrival) -> Result<Vec<Record>, ApiError> {
     let record = |value: Value| -> Result<Record, MapError> {
         let object = mapping::into_object(value)?;
-        mapping::record_from_object(device.clone(), object, &FieldRules::standard(), None, now)
+        mapping::record_from_object(device.clone(), object, &FieldRules::standard(), None, arrival)
     };
     if body.bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::BadBody(

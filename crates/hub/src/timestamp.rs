@@ -1,7 +1,11 @@
 //! Timestamps at the edges: parsed from RFC 3339 text or Unix milliseconds, written as
-//! RFC 3339 (UTC), and the current time.
+//! RFC 3339 (UTC), the current time, and arrival times ([`ArrivalClock`]).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::SystemTime;
+
+use telehub_core::DeviceId;
 
 use telehub_store::Timestamp;
 use time::OffsetDateTime;
@@ -140,5 +144,65 @@ mod tests {
         for ms in [MIN.0, -1, 0, 1, 1_714_564_800_123, MAX.0] {
             assert_eq!(parse(&to_rfc3339(Timestamp(ms))), Ok(Timestamp(ms)), "{ms}");
         }
+    }
+}
+
+/// Where a record's arrival time comes from: the time its points get when the message
+/// carries no timestamp of its own.
+pub trait Arrival {
+    /// The arrival time of the next record of `device`.
+    fn stamp(&self, device: &DeviceId) -> Timestamp;
+}
+
+/// A fixed arrival time (tests, replays).
+impl Arrival for Timestamp {
+    fn stamp(&self, _device: &DeviceId) -> Timestamp {
+        *self
+    }
+}
+
+/// Arrival times that never repeat for one device: the current millisecond, or one after
+/// the device's previous arrival if that is not earlier. A point is stored once per
+/// `(device, metric, ts)`, so two untimestamped messages of one device in the same
+/// millisecond would otherwise collide and the second one's points would be lost after
+/// it was acknowledged. A device sending more than 1000 untimestamped messages a second
+/// sees its arrival times run ahead of the clock until the burst ends.
+#[derive(Debug, Default)]
+pub struct ArrivalClock {
+    last: Mutex<HashMap<DeviceId, i64>>,
+}
+
+/// Devices remembered before entries at or before the current millisecond are forgotten.
+const ARRIVAL_DEVICES: usize = 100_000;
+
+impl Arrival for ArrivalClock {
+    fn stamp(&self, device: &DeviceId) -> Timestamp {
+        let now = now().0;
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.len() >= ARRIVAL_DEVICES {
+            // an entry at or before now can no longer push a stamp forward
+            last.retain(|_, t| *t > now);
+        }
+        let t = match last.get(device) {
+            Some(&prev) if prev >= now => prev + 1,
+            _ => now,
+        };
+        last.insert(device.clone(), t);
+        Timestamp(t)
+    }
+}
+
+#[cfg(test)]
+mod arrival_tests {
+    use super::*;
+
+    #[test]
+    fn arrival_times_of_one_device_never_repeat_and_devices_are_independent() {
+        let clock = ArrivalClock::default();
+        let (a, b) = (DeviceId::new("a").unwrap(), DeviceId::new("b").unwrap());
+        let stamps: Vec<i64> = (0..5000).map(|_| clock.stamp(&a).0).collect();
+        assert!(stamps.windows(2).all(|w| w[1] > w[0]), "strictly increasing for one device");
+        let first_b = clock.stamp(&b).0;
+        assert!(first_b <= stamps[4999], "another device is not pushed forward by a's burst");
     }
 }

@@ -8,40 +8,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::Telehub;
-use serde_json::{Value, json};
-
-/// What curl got: the status code and the body.
-struct Reply {
-    status: u16,
-    content_type: String,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-}
-
-/// `curl -sS <args> <url>`, reporting the status code and content type after the body.
-fn curl(url: &str, args: &[&str]) -> Reply {
-    let f = common::run(
-        Command::new("curl")
-            .args(["-sS", "--max-time", "10", "-w", "\n%{http_code} %{content_type}"])
-            .args(args)
-            .arg(url),
-    );
-    assert!(f.status.success(), "curl {args:?} {url} failed: {:?}\n{}", f.status, f.stderr_text());
-    let text = f.stdout_text();
-    let (body, trailer) = text.rsplit_once('\n').unwrap_or(("", &text));
-    let (status, content_type) = trailer.split_once(' ').unwrap_or((trailer, ""));
-    Reply {
-        status: status.parse().expect("curl's status code"),
-        content_type: content_type.into(),
-        body: body.into(),
-    }
-}
+use common::{Reply, Telehub, curl};
+use serde_json::json;
 
 fn post(hub: &Telehub, path: &str, content_type: &str, body: &str) -> Reply {
     let header = format!("Content-Type: {content_type}");

@@ -5,38 +5,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 
-use common::{Proc, Telehub};
-
-/// A Python 3 that can `import paho.mqtt.client`: `$TELEHUB_TEST_PYTHON` if set, else the
-/// Debian `/usr/bin/python3` (where `python3-paho-mqtt` installs), else `python3` on PATH
-/// (which may be a pyenv/venv interpreter without paho).
-fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let candidates: Vec<PathBuf> = std::env::var_os("TELEHUB_TEST_PYTHON")
-            .map(PathBuf::from)
-            .into_iter()
-            .chain([PathBuf::from("/usr/bin/python3"), PathBuf::from("python3")])
-            .collect();
-        for candidate in &candidates {
-            let ok = Command::new(candidate)
-                .args(["-c", "import paho.mqtt.client"])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if ok {
-                return candidate.clone();
-            }
-        }
-        panic!(
-            "no Python 3 with paho-mqtt among {candidates:?}: install python3-paho-mqtt \
-             or point TELEHUB_TEST_PYTHON at an interpreter that has it"
-        )
-    })
-}
+use common::{Proc, Telehub, python};
 
 /// `python3 -u tests/python/<script> 127.0.0.1 <port> <args...>`.
 fn script(hub: &Telehub, name: &str, args: &[&str]) -> Command {

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use telehub_core::{DeviceId, DeviceIdError, TopicFilter, TopicName};
 use telehub_store::{Metric, Point, Record, Timestamp};
 
-use crate::timestamp::{self, TimestampError, json_kind};
+use crate::timestamp::{self, Arrival, TimestampError, json_kind};
 
 /// Where a mapped message's device id comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,13 +164,13 @@ impl Mapping {
     }
 
     /// Maps a message published on `topic` (which [`Mapping::filter`] matches) to a
-    /// record received at `received_at`.
+    /// record whose arrival time comes from `arrival`.
     ///
     /// # Errors
     ///
     /// [`MapError`] when the payload is not a JSON object, the device id is missing or
     /// invalid, or the timestamp or message id is malformed.
-    pub fn map(&self, topic: &TopicName, payload: &[u8], received_at: Timestamp) -> Result<Record, MapError> {
+    pub fn map(&self, topic: &TopicName, payload: &[u8], arrival: &impl Arrival) -> Result<Record, MapError> {
         debug_assert!(self.filter.matches(topic), "{} does not match {}", self.filter, topic);
         let object = parse_object(payload)?;
         let (device, device_field) = match &self.device {
@@ -182,7 +182,7 @@ impl Mapping {
             }
             DeviceSource::Field(field) => (device_from_field(&object, field)?, Some(field.as_str())),
         };
-        record_from_object(device, object, &self.fields, device_field, received_at)
+        record_from_object(device, object, &self.fields, device_field, arrival)
     }
 }
 
@@ -296,8 +296,9 @@ pub fn record_from_object(
     object: Map<String, Value>,
     rules: &FieldRules,
     device_field: Option<&str>,
-    received_at: Timestamp,
+    arrival: &impl Arrival,
 ) -> Result<Record, MapError> {
+    let received_at = arrival.stamp(&device);
     let ts = match rules.timestamp.as_deref().and_then(|f| object.get(f).map(|v| (f, v))) {
         Some((field, value)) => timestamp::from_json(value)
             .map_err(|source| MapError::BadTimestamp { field: field.to_owned(), source })?,

@@ -34,7 +34,7 @@ use tracing::debug;
 
 pub use mapping::{DeviceSource, FieldRules, MapError, Mapping};
 
-use crate::timestamp;
+use crate::timestamp::ArrivalClock;
 
 /// The `[ingest]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -150,6 +150,8 @@ struct Shared {
     /// never more jobs than `queue_capacity` and `try_send` never finds the channel full.
     jobs: mpsc::Sender<Job>,
     counters: Counters,
+    /// Arrival times, unique per device.
+    arrival: ArrivalClock,
     /// When the write in progress started.
     writing_since: std::sync::Mutex<Option<Instant>>,
     /// QoS 1/2 messages waiting for queue room ([`Ingest::offer_message`]); at most
@@ -190,6 +192,7 @@ impl Ingest {
             },
             jobs,
             counters: Counters::default(),
+            arrival: ArrivalClock::default(),
             writing_since: std::sync::Mutex::new(None),
             waiters: TaskTracker::new(),
         });
@@ -261,7 +264,7 @@ impl Ingest {
     /// for the publisher.
     pub fn offer_message(&self, message: &Message) -> Option<Pending> {
         let mapping = mapping::find(self.mappings(), &message.topic)?;
-        let record = match mapping.map(&message.topic, &message.payload, timestamp::now()) {
+        let record = match mapping.map(&message.topic, &message.payload, &self.shared.arrival) {
             Ok(record) => record,
             Err(error) => {
                 self.shared.counters.rejected_payloads.fetch_add(1, Ordering::Relaxed);
@@ -287,6 +290,11 @@ impl Ingest {
             }
         };
         Some(Box::pin(async move { answer?.await.unwrap_or(Err(IngestError::Closed)) }))
+    }
+
+    /// The arrival clock for records built outside [`Ingest::offer_message`] (HTTP).
+    pub fn arrival(&self) -> &ArrivalClock {
+        &self.shared.arrival
     }
 
     /// Counters since start-up.

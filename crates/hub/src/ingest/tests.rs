@@ -24,7 +24,7 @@ fn topic(name: &str) -> TopicName {
 fn map_default(topic_name: &str, payload: &str) -> Option<Result<Record, MapError>> {
     let mappings = Mapping::defaults();
     let t = topic(topic_name);
-    mapping::find(&mappings, &t).map(|m| m.map(&t, payload.as_bytes(), ARRIVAL))
+    mapping::find(&mappings, &t).map(|m| m.map(&t, payload.as_bytes(), &ARRIVAL))
 }
 
 fn points(record: &Record) -> Vec<(&str, i64, f64)> {
@@ -170,7 +170,7 @@ fn mapping_include_and_exclude_select_metrics_by_name_or_dotted_prefix() {
     rules.exclude = vec!["env.secret".into()];
     let object =
         mapping::parse_object(br#"{"v": 1, "vv": 2, "env": {"t": 3, "secret": 4}, "other": 5}"#).unwrap();
-    let r = mapping::record_from_object(device("d"), object, &rules, None, ARRIVAL).unwrap();
+    let r = mapping::record_from_object(device("d"), object, &rules, None, &ARRIVAL).unwrap();
     assert_eq!(points(&r), [("env.t", ARRIVAL.0, 3.0), ("v", ARRIVAL.0, 1.0)]);
 }
 
@@ -204,7 +204,7 @@ fn mapping_config_round_trips_through_toml() {
     assert_eq!(m[0].fields.include, Some(vec!["rpm".to_owned(), "temp".to_owned()]));
     assert_eq!(m[1].device, DeviceSource::Field("serial".into()));
     assert_eq!((m[1].fields.msg_id.as_deref(), m[1].fields.timestamp.as_deref()), (Some("seq"), None));
-    let r = m[1].map(&topic("gw/a/b"), br#"{"serial": "s-1", "rssi": -70, "v": 2}"#, ARRIVAL).unwrap();
+    let r = m[1].map(&topic("gw/a/b"), br#"{"serial": "s-1", "rssi": -70, "v": 2}"#, &ARRIVAL).unwrap();
     assert_eq!((r.device.as_str(), points(&r)), ("s-1", vec![("v", ARRIVAL.0, 2.0)]));
 }
 

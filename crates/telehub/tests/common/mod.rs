@@ -8,8 +8,9 @@
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -77,6 +78,25 @@ impl Lines {
     /// Every line read so far.
     pub(crate) fn snapshot(&self) -> Vec<String> {
         self.state.0.lock().unwrap().lines.clone()
+    }
+
+    /// Waits up to `timeout` until every line read so far satisfies `pred` taken together
+    /// (e.g. "at least 300 lines start with `acked`"). False when the pipe closed or the
+    /// time ran out first.
+    pub(crate) fn wait_until(&self, timeout: Duration, mut pred: impl FnMut(&[String]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (lock, cvar) = &*self.state;
+        let mut state = lock.lock().unwrap();
+        loop {
+            if pred(&state.lines) {
+                return true;
+            }
+            let now = Instant::now();
+            if state.eof || now >= deadline {
+                return false;
+            }
+            state = cvar.wait_timeout(state, deadline - now).unwrap().0;
+        }
     }
 
     /// The first line (from the start) matching `pred`, waiting up to `timeout` for it.
@@ -286,7 +306,12 @@ impl Telehub {
 
     /// As [`Telehub::start`], letting `configure` add flags or environment first.
     pub(crate) fn start_with(configure: impl FnOnce(&mut Command)) -> Self {
-        let data = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), configure)
+    }
+
+    /// As [`Telehub::start_with`], on the data left in `data` by an earlier run (see
+    /// [`Telehub::kill9`]), on new ports.
+    pub(crate) fn start_in(data: tempfile::TempDir, configure: impl FnOnce(&mut Command)) -> Self {
         let mut cmd = telehub_command();
         cmd.arg("serve").arg("--data-dir").arg(data.path().join("data")).args([
             "--mqtt-listen",
@@ -342,8 +367,114 @@ impl Telehub {
         finished
     }
 
+    /// `kill -9` by PID: no shutdown, no flush, no checkpoint. Waits (bounded) for the
+    /// exit and hands back the temp dir holding the data, for [`Telehub::start_in`].
+    pub(crate) fn kill9(mut self) -> tempfile::TempDir {
+        self.proc.signal("KILL");
+        let Self { proc, data, .. } = self;
+        let finished = proc.finish();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&finished.status),
+            Some(9),
+            "telehub did not die of SIGKILL: {:?}",
+            finished.status
+        );
+        data
+    }
+
     /// SIGTERM, then waits (bounded) for the exit.
     pub(crate) fn stop(self) -> Finished {
         self.stop_with("TERM")
+    }
+}
+
+/// A Python 3 that can `import paho.mqtt.client`: `$TELEHUB_TEST_PYTHON` if set, else the
+/// Debian `/usr/bin/python3` (where `python3-paho-mqtt` installs), else `python3` on PATH
+/// (which may be a pyenv/venv interpreter without paho).
+pub(crate) fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let candidates: Vec<PathBuf> = std::env::var_os("TELEHUB_TEST_PYTHON")
+            .map(PathBuf::from)
+            .into_iter()
+            .chain([PathBuf::from("/usr/bin/python3"), PathBuf::from("python3")])
+            .collect();
+        for candidate in &candidates {
+            let ok = Command::new(candidate)
+                .args(["-c", "import paho.mqtt.client"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return candidate.clone();
+            }
+        }
+        panic!(
+            "no Python 3 with paho-mqtt among {candidates:?}: install python3-paho-mqtt \
+             or point TELEHUB_TEST_PYTHON at an interpreter that has it"
+        )
+    })
+}
+
+/// `python -u tests/python/<name> <args...>` with [`python`].
+pub(crate) fn python_script(name: &str) -> Command {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(name);
+    let mut cmd = Command::new(python());
+    cmd.arg("-u").arg(path);
+    cmd
+}
+
+/// The PostgreSQL URL of `TELEHUB_TEST_POSTGRES_URL`, or `None` after printing a SKIPPED
+/// line for `test` when it is not set. Under `CI` a missing URL fails the test instead:
+/// CI always starts `scripts/postgres.sh` (the store conformance suite's convention).
+pub(crate) fn postgres_url(test: &str) -> Option<String> {
+    let url = std::env::var("TELEHUB_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty());
+    if url.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but TELEHUB_TEST_POSTGRES_URL is not: start PostgreSQL with \
+             `eval \"$(bash scripts/postgres.sh start)\"` first"
+        );
+        eprintln!("SKIPPED {test}: TELEHUB_TEST_POSTGRES_URL is not set (see scripts/postgres.sh)");
+    }
+    url
+}
+
+/// A suffix no other run uses (process id and wall-clock nanoseconds), for device ids in
+/// a PostgreSQL database that outlives the test.
+pub(crate) fn unique_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_nanos();
+    format!("{}-{}", std::process::id(), nanos)
+}
+
+/// What curl got: the status code, the content type and the body.
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) content_type: String,
+    pub(crate) body: String,
+}
+
+impl Reply {
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// `curl -sS <args> <url>` (bounded by curl's own `--max-time` and [`TIMEOUT`]).
+pub(crate) fn curl(url: &str, args: &[&str]) -> Reply {
+    let f = run(Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code} %{content_type}"])
+        .args(args)
+        .arg(url));
+    assert!(f.status.success(), "curl {args:?} {url} failed: {:?}\n{}", f.status, f.stderr_text());
+    let text = f.stdout_text();
+    let (body, trailer) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let (status, content_type) = trailer.split_once(' ').unwrap_or((trailer, ""));
+    Reply {
+        status: status.parse().expect("curl's status code"),
+        content_type: content_type.into(),
+        body: body.into(),
     }
 }
