@@ -22,7 +22,7 @@ mod ops;
 mod telemetry;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -75,18 +75,34 @@ pub(crate) struct AppState<S> {
     pub(crate) store: Arc<S>,
     pub(crate) ingest: Ingest,
     pub(crate) config: Arc<Config>,
+    /// The broker's counters for `/metrics`, once [`Server::broker_stats`] gave them.
+    pub(crate) broker: Arc<OnceLock<Arc<telehub_broker::Stats>>>,
 }
 
 impl<S> Clone for AppState<S> {
     fn clone(&self) -> Self {
-        Self { store: self.store.clone(), ingest: self.ingest.clone(), config: self.config.clone() }
+        Self {
+            store: self.store.clone(),
+            ingest: self.ingest.clone(),
+            config: self.config.clone(),
+            broker: self.broker.clone(),
+        }
     }
 }
 
 /// Every route, with `store` answering queries and `ingest` taking telemetry.
 pub fn router<S: TelemetryStore>(config: Config, store: Arc<S>, ingest: Ingest) -> Router {
+    router_with(config, store, ingest, Arc::default())
+}
+
+fn router_with<S: TelemetryStore>(
+    config: Config,
+    store: Arc<S>,
+    ingest: Ingest,
+    broker: Arc<OnceLock<Arc<telehub_broker::Stats>>>,
+) -> Router {
     let body_limit = config.max_body_bytes;
-    let state = AppState { store, ingest, config: Arc::new(config) };
+    let state = AppState { store, ingest, config: Arc::new(config), broker };
     Router::new()
         .route("/data", post(data::post::<S>))
         .route("/api/v1/devices", get(devices::list::<S>))
@@ -94,6 +110,7 @@ pub fn router<S: TelemetryStore>(config: Config, store: Arc<S>, ingest: Ingest) 
         .route("/api/v1/devices/{id}/telemetry", get(telemetry::query::<S>).post(telemetry::post::<S>))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz::<S>))
+        .route("/metrics", get(ops::metrics::<S>))
         .fallback(error::no_route)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(ops::log_request))
@@ -105,6 +122,7 @@ pub struct Server {
     listener: TcpListener,
     addr: SocketAddr,
     router: Router,
+    broker: Arc<OnceLock<Arc<telehub_broker::Stats>>>,
 }
 
 impl Server {
@@ -122,7 +140,14 @@ impl Server {
         let err = |source| BindError { addr: want, source };
         let listener = TcpListener::bind(want).await.map_err(err)?;
         let addr = listener.local_addr().map_err(err)?;
-        Ok(Self { listener, addr, router: router(config, store, ingest) })
+        let broker = Arc::default();
+        let router = router_with(config, store, ingest, Arc::clone(&broker));
+        Ok(Self { listener, addr, router, broker })
+    }
+
+    /// Adds the broker's counters to `GET /metrics`.
+    pub fn broker_stats(&self, stats: Arc<telehub_broker::Stats>) {
+        let _ = self.broker.set(stats);
     }
 
     /// The bound address (the real port when `listen` asked for port 0).

@@ -486,3 +486,28 @@ async fn healthz_always_readyz_while_ingest_runs() {
     a.assert_problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
     assert!(a.headers.contains_key(header::RETRY_AFTER));
 }
+
+// ---- GET /metrics --------------------------------------------------------------------
+
+#[tokio::test]
+async fn metrics_export_ingest_counters_and_the_queue_limit_in_prometheus_text() {
+    let api = Api::start().await;
+    api.ingest("m1", &json!([{"ts": T0, "t": 1}, {"ts": T0 + 1, "t": 2, "h": 3}])).await;
+    let a = api.get("/metrics").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/plain"));
+    let text = a.text();
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("telehub_ingest_records_total"), 2);
+    assert_eq!(value("telehub_ingest_points_total"), 3);
+    assert_eq!(value("telehub_ingest_refused_full_total"), 0);
+    assert!(value("telehub_ingest_queue_capacity") > 0);
+    assert!(text.contains("# TYPE telehub_ingest_points_total counter"));
+    api.stop().await;
+}

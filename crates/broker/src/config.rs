@@ -1,6 +1,7 @@
 //! [`Config`]: the `[mqtt]` section of telehub's config file.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -67,6 +68,68 @@ pub struct Config {
     /// How often the `$SYS/broker/...` topics are published; `"0s"` turns them off.
     #[serde(with = "telehub_core::duration")]
     pub sys_interval: Duration,
+    /// `[mqtt.tls]`: MQTT over TLS, and the certificate `wss` uses.
+    pub tls: TlsConfig,
+    /// `[mqtt.ws]`: MQTT over WebSocket (and secure WebSocket).
+    pub ws: WsConfig,
+}
+
+/// `[mqtt.tls]`: MQTT over TLS, on when `cert` and `key` are both set.
+///
+/// The files are read at start-up (a bad path or content stops telehub) and again on
+/// SIGHUP or when their modification time or size changes; a reload that fails keeps
+/// the certificate in use.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Address of the MQTT/TLS listener.
+    pub listen: SocketAddr,
+    /// The server's certificate chain (PEM, leaf first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// The private key of `cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// CA certificates (PEM). When set, every TLS client must present a certificate
+    /// issued by one of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+    /// How often the files are checked for changes; `"0s"`: only on SIGHUP.
+    #[serde(with = "telehub_core::duration")]
+    pub reload_interval: Duration,
+}
+
+impl TlsConfig {
+    /// True when TLS is configured (`cert` and `key` set).
+    pub fn is_enabled(&self) -> bool {
+        self.cert.is_some() && self.key.is_some()
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8883)),
+            cert: None,
+            key: None,
+            client_ca: None,
+            reload_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[mqtt.ws]`: MQTT over WebSocket at path `/mqtt`, subprotocol `mqtt`. Each listener
+/// is off unless its address is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WsConfig {
+    /// Address of the plain WebSocket (`ws://`) listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Address of the secure WebSocket (`wss://`) listener; needs `[mqtt.tls]` `cert`
+    /// and `key`, whose certificate (and `client_ca`) it shares.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -85,6 +148,8 @@ impl Default for Config {
             publish_backpressure: Duration::from_secs(5),
             max_session_expiry: Duration::from_secs(7 * 86_400),
             sys_interval: Duration::from_secs(10),
+            tls: TlsConfig::default(),
+            ws: WsConfig::default(),
         }
     }
 }

@@ -1,11 +1,19 @@
 //! One client connection: the CONNECT handshake, the reader loop (keep-alive, packet
 //! handling, routing), and a writer task that coalesces control packets and queued
 //! deliveries into one `write` per wake-up.
+//!
+//! The code is generic over the byte stream, so every transport gets the same broker
+//! behaviour: [`ReadHalf`] and [`WriteHalf`] are the two halves of a TCP, TLS or
+//! WebSocket connection (`listener` does the handshakes and the split). Plain TCP keeps
+//! its own split and read path (see [`ReadHalf`]); the other streams are split with
+//! `tokio::io::split`, whose halves share the stream behind a lock taken per poll.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Poll, ready};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -14,9 +22,8 @@ use telehub_mqtt::{
     BrokerTime, ConnAckCode, Connect, Decoder, Delivery, Encoder, Inbound, Outbound, ProtocolError,
     ProtocolVersion, PublishIn, SubAckCode, SubOptions,
 };
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -50,23 +57,90 @@ impl From<ProtocolError> for ReadError {
     }
 }
 
-struct Reader {
-    read: OwnedReadHalf,
+/// The read half of a client's byte stream.
+///
+/// Neither implementation holds a buffer while the connection waits, so an idle
+/// connection holds no read buffer (docs/perf.md, idle connections): plain TCP waits
+/// with `readable()` and only then takes a buffer for `try_read_buf`; TLS and WebSocket
+/// streams can only be read through `AsyncRead`, which wants the buffer before the bytes
+/// arrive, so they are polled into a chunk on the stack (gone when the poll returns) and
+/// copied into the buffer once bytes are there. The layers below keep buffers of their
+/// own (rustls its records, tungstenite a small read buffer: see `ws`).
+pub(crate) trait ReadHalf: Send + 'static {
+    /// Waits for bytes and appends them to `buf`; `Ok(0)` at end of stream.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: no byte is consumed unless the future completes.
+    fn read_into(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
+}
+
+/// Makes room for a read: a fresh [`READ_BUFFER`] per read while data flows, which the
+/// decoded payloads then share.
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_BUFFER / 4 {
+        buf.reserve(READ_BUFFER);
+    }
+}
+
+impl ReadHalf for OwnedReadHalf {
+    async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        loop {
+            // `readable()` consumes nothing
+            self.readable().await?;
+            reserve(buf);
+            match self.try_read_buf(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if buf.is_empty() {
+                        *buf = BytesMut::new(); // spurious wake-up: stay idle without a buffer
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Send + 'static> ReadHalf for tokio::io::ReadHalf<S> {
+    async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        // cancel safe: a pending `poll_read` has consumed nothing
+        std::future::poll_fn(|cx| {
+            let mut chunk = [0u8; READ_BUFFER];
+            let mut read = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut *self).poll_read(cx, &mut read))?;
+            let filled = read.filled();
+            if !filled.is_empty() {
+                reserve(buf);
+                buf.extend_from_slice(filled);
+            }
+            Poll::Ready(Ok(filled.len()))
+        })
+        .await
+    }
+}
+
+/// The write half of a client's byte stream. Every write is followed by a flush, which
+/// TLS (records) and WebSocket (messages) need and TCP ignores.
+pub(crate) trait WriteHalf: AsyncWrite + Send + Unpin + 'static {}
+
+impl<W: AsyncWrite + Send + Unpin + 'static> WriteHalf for W {}
+
+struct Reader<R> {
+    read: R,
     buf: BytesMut,
     decoder: Decoder,
 }
 
-impl Reader {
+impl<R: ReadHalf> Reader<R> {
     /// Reads the next packet; `None` at end of stream.
     ///
     /// The read buffer exists only while bytes are waiting to be decoded: an idle
-    /// connection holds none (docs/perf.md, idle connections), and a busy one takes a
-    /// fresh [`READ_BUFFER`] per readiness, which the decoded payloads then share.
+    /// connection holds none between reads (see [`ReadHalf`] for while it waits).
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: partial bytes stay in `self.buf` and the decoder keeps its state;
-    /// the only await is `readable()`, which consumes nothing.
+    /// the only await is [`ReadHalf::read_into`], which is cancel safe.
     async fn next(&mut self, stats: &Stats) -> Result<Option<Inbound>, ReadError> {
         loop {
             if !self.buf.is_empty()
@@ -77,14 +151,9 @@ impl Reader {
             if self.buf.is_empty() && self.buf.capacity() > 0 {
                 self.buf = BytesMut::new();
             }
-            self.read.readable().await.map_err(ReadError::Io)?;
-            if self.buf.capacity() - self.buf.len() < READ_BUFFER / 4 {
-                self.buf.reserve(READ_BUFFER);
-            }
-            match self.read.try_read_buf(&mut self.buf) {
+            match self.read.read_into(&mut self.buf).await {
                 Ok(0) => return Ok(None),
                 Ok(n) => Stats::add(&stats.bytes_received, n as u64),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(ReadError::Io(e)),
             }
         }
@@ -109,20 +178,21 @@ enum Exit {
     IngestFailed,
 }
 
-/// Serves one TCP connection until it closes, is taken over, or `cancel` fires.
-pub(crate) async fn serve(
+/// Serves one connection, its transport's handshake done, until it closes, is taken
+/// over, or `cancel` fires. CONNECT must arrive before `connect_deadline`.
+pub(crate) async fn serve<R: ReadHalf, W: WriteHalf>(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    (read, write): (R, W),
     peer: SocketAddr,
+    connect_deadline: Instant,
     cancel: CancellationToken,
 ) {
     Stats::add(&shared.stats.connections_total, 1);
-    let (read, write) = stream.into_split();
     let mut reader =
         Reader { read, buf: BytesMut::new(), decoder: Decoder::new(shared.config.max_packet_size) };
     let first = tokio::select! {
         _ = cancel.cancelled() => return,
-        r = tokio::time::timeout(shared.config.connect_timeout, reader.next(&shared.stats)) => r,
+        r = tokio::time::timeout_at(connect_deadline, reader.next(&shared.stats)) => r,
     };
     let connect = match first {
         Ok(Ok(Some(Inbound::Connect(c)))) => c,
@@ -153,7 +223,7 @@ pub(crate) async fn serve(
 }
 
 /// Refuses a CONNECT with `code` and closes.
-async fn refuse(mut write: OwnedWriteHalf, version: ProtocolVersion, code: ConnAckCode) {
+async fn refuse(mut write: impl WriteHalf, version: ProtocolVersion, code: ConnAckCode) {
     let mut buf = BytesMut::new();
     let connack = Outbound::ConnAck {
         session_present: false,
@@ -164,17 +234,17 @@ async fn refuse(mut write: OwnedWriteHalf, version: ProtocolVersion, code: ConnA
         maximum_packet_size: 0,
         topic_alias_maximum: 0,
     };
-    if Encoder::new(version, 0).encode(connack, &mut buf).is_ok() {
-        let _ = write.write_all(&buf).await;
+    if Encoder::new(version, 0).encode(connack, &mut buf).is_ok() && write.write_all(&buf).await.is_ok() {
+        let _ = write.flush().await;
     }
     let _ = write.shutdown().await;
 }
 
 #[allow(clippy::too_many_lines)]
-async fn run_connected(
+async fn run_connected<R: ReadHalf, W: WriteHalf>(
     shared: &Arc<Shared>,
-    mut reader: Reader,
-    write: OwnedWriteHalf,
+    mut reader: Reader<R>,
+    write: W,
     connect: Connect,
     peer: SocketAddr,
     conn: u64,
@@ -371,8 +441,8 @@ async fn send_will(
     });
 }
 
-async fn read_until(
-    reader: &mut Reader,
+async fn read_until<R: ReadHalf>(
+    reader: &mut Reader<R>,
     stats: &Stats,
     deadline: Option<Instant>,
 ) -> Result<Option<Inbound>, ReadError> {
@@ -684,10 +754,10 @@ impl Connection<'_> {
     }
 }
 
-struct Writer {
+struct Writer<W> {
     /// CONNACK, then resent in-flight deliveries: written before anything else.
     initial: Vec<Outbound>,
-    write: OwnedWriteHalf,
+    write: W,
     encoder: Encoder,
     control: mpsc::Receiver<Outbound>,
     entry: Arc<SessionEntry>,
@@ -699,7 +769,7 @@ struct Writer {
     started: Instant,
 }
 
-impl Writer {
+impl<W> Writer<W> {
     fn encode(&mut self, packet: Outbound, buf: &mut BytesMut) {
         let is_publish = matches!(packet, Outbound::Publish { .. });
         match self.encoder.encode(packet, buf) {
@@ -712,7 +782,7 @@ impl Writer {
 
 /// Writes control packets first, then queued deliveries, many packets per `write`.
 /// Ends when the reader drops its control sender (after flushing) or on `stop`.
-async fn write_loop(mut w: Writer) {
+async fn write_loop<W: WriteHalf>(mut w: Writer<W>) {
     let mut buf = BytesMut::new();
     for packet in std::mem::take(&mut w.initial) {
         w.encode(packet, &mut buf);
@@ -739,8 +809,12 @@ async fn write_loop(mut w: Writer) {
         };
         if !buf.is_empty() {
             let len = buf.len() as u64;
+            let written = async {
+                w.write.write_all(&buf).await?;
+                w.write.flush().await
+            };
             tokio::select! {
-                r = w.write.write_all(&buf) => if r.is_err() { return },
+                r = written => if r.is_err() { return },
                 _ = w.stop.cancelled() => return,
             }
             Stats::add(&w.stats.bytes_sent, len);

@@ -5,7 +5,12 @@
 //! # Layout
 //!
 //! * [`config`]: [`Config`], the `[mqtt]` section of telehub's config.
-//! * `listener`: the TCP accept loop; one tracked task per connection.
+//! * [`config`]: also `[mqtt.tls]` ([`config::TlsConfig`]) and `[mqtt.ws]`
+//!   ([`config::WsConfig`]).
+//! * `listener`: the accept loops (TCP, TLS, WebSocket, secure WebSocket); one tracked
+//!   task per connection, which does its transport's handshakes.
+//! * `tls`: certificate, key and client CA from PEM files; reload on SIGHUP or change.
+//! * `ws`: the WebSocket upgrade (`/mqtt`, subprotocol `mqtt`) and its byte stream.
 //! * `connection`: one client: CONNECT handshake, reader loop, writer task, keep-alive.
 //! * `router`: the subscription trie and retained messages; fan-out.
 //! * `sessions`: persistent sessions by client id, takeover, expiry, wills.
@@ -21,31 +26,56 @@ mod router;
 mod sessions;
 pub mod stats;
 mod sys;
+mod tls;
+mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use telehub_mqtt::BrokerTime;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::Config;
 pub use hook::{IngestAck, IngestError, IngestHook};
 pub use stats::Stats;
+pub use tls::TlsError;
+
+use listener::{Listener, Transport};
 
 /// Opening the broker failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
-    /// The MQTT listener could not bind its address (in use, not permitted...).
-    #[error("cannot listen for MQTT on {addr}")]
+    /// A listener could not bind its address (in use, not permitted...).
+    #[error("cannot listen for {transport} on {addr}")]
     Listen {
+        /// "MQTT", "MQTT over TLS", "MQTT over WebSocket"...
+        transport: &'static str,
         /// The configured address.
         addr: SocketAddr,
         /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The TLS certificate, key or client CA cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// `mqtt.ws.tls_listen` is set without `[mqtt.tls]` `cert` and `key`.
+    #[error("`mqtt.ws.tls_listen` is set but TLS is not: set `mqtt.tls.cert` and `mqtt.tls.key`")]
+    WssWithoutTls,
+}
+
+/// Where the broker's listeners are bound (the real ports when the config said 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addrs {
+    /// MQTT over TCP.
+    pub mqtt: SocketAddr,
+    /// MQTT over TLS, when configured.
+    pub mqtts: Option<SocketAddr>,
+    /// MQTT over WebSocket, when configured.
+    pub ws: Option<SocketAddr>,
+    /// MQTT over secure WebSocket, when configured.
+    pub wss: Option<SocketAddr>,
 }
 
 /// State every connection shares: config, router, sessions, counters.
@@ -70,23 +100,47 @@ impl Shared {
     }
 }
 
-/// A broker whose listener is bound but not yet accepting. See [`Broker::run`].
+/// A broker whose listeners are bound but not yet accepting. See [`Broker::run`].
 pub struct Broker {
     shared: Arc<Shared>,
-    listener: TcpListener,
-    local_addr: SocketAddr,
+    listeners: Vec<Listener>,
+    addrs: Addrs,
+    /// With TLS: its config, and SIGHUP registered for its reload.
+    tls: Option<(Arc<tls::Tls>, tls::Hangup)>,
 }
 
 impl Broker {
-    /// Binds the MQTT listener. Nothing runs until [`Broker::run`].
+    /// Reads the TLS files (when configured) and binds the listeners: MQTT over TCP,
+    /// then those configured of TLS, WebSocket and secure WebSocket. With TLS, SIGHUP is
+    /// handled from here on (it reloads the certificate). Nothing runs until
+    /// [`Broker::run`].
     ///
     /// # Errors
     ///
-    /// [`BindError::Listen`] when the address cannot be bound.
+    /// [`BindError::Tls`] naming the TLS file at fault, [`BindError::WssWithoutTls`],
+    /// [`BindError::Listen`] when an address cannot be bound.
     pub async fn bind(config: Config, hook: Option<Arc<dyn IngestHook>>) -> Result<Self, BindError> {
-        let addr = config.listen;
-        let listener = TcpListener::bind(addr).await.map_err(|source| BindError::Listen { addr, source })?;
-        let local_addr = listener.local_addr().map_err(|source| BindError::Listen { addr, source })?;
+        let tls = tls::Tls::from_config(&config.tls)?.map(Arc::new);
+        let mut listeners = vec![Listener::bind(Transport::Tcp, config.listen).await?];
+        if let Some(tls) = &tls {
+            listeners.push(Listener::bind(Transport::Tls(Arc::clone(tls)), config.tls.listen).await?);
+        }
+        if let Some(addr) = config.ws.listen {
+            listeners.push(Listener::bind(Transport::Ws, addr).await?);
+        }
+        if let Some(addr) = config.ws.tls_listen {
+            let tls = tls.as_ref().ok_or(BindError::WssWithoutTls)?;
+            listeners.push(Listener::bind(Transport::Wss(Arc::clone(tls)), addr).await?);
+        }
+        let addr_of =
+            |f: fn(&Transport) -> bool| listeners.iter().find(|l| f(&l.transport)).map(|l| l.local_addr);
+        let addrs = Addrs {
+            mqtt: listeners[0].local_addr,
+            mqtts: addr_of(|t| matches!(t, Transport::Tls(_))),
+            ws: addr_of(|t| matches!(t, Transport::Ws)),
+            wss: addr_of(|t| matches!(t, Transport::Wss(_))),
+        };
+        let tls = tls.map(|tls| (tls, tls::Hangup::register()));
         let shared = Arc::new(Shared {
             router: router::Router::default(),
             sessions: sessions::Sessions::default(),
@@ -97,12 +151,18 @@ impl Broker {
             started: tokio::time::Instant::now(),
             config,
         });
-        Ok(Self { shared, listener, local_addr })
+        Ok(Self { shared, listeners, addrs, tls })
     }
 
-    /// The address the listener is bound to (the real port when the config said 0).
+    /// The address the MQTT/TCP listener is bound to (the real port when the config
+    /// said 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.addrs.mqtt
+    }
+
+    /// The addresses of every listener.
+    pub fn addrs(&self) -> Addrs {
+        self.addrs
     }
 
     /// The broker's counters, readable while it runs.
@@ -118,13 +178,22 @@ impl Broker {
     ///
     /// Meant to be spawned, not raced; cancel through `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Self { shared, listener, .. } = self;
+        let Self { shared, listeners, tls, .. } = self;
         shared.tasks.spawn(sessions::reap_expired(Arc::clone(&shared), shared.stopping.clone()));
         if !shared.config.sys_interval.is_zero() {
             let interval = shared.config.sys_interval;
             shared.tasks.spawn(sys::publish_loop(Arc::clone(&shared), interval, shared.stopping.clone()));
         }
-        listener::accept_loop(Arc::clone(&shared), listener, shutdown).await;
+        if let Some((tls, hangup)) = tls {
+            let interval = shared.config.tls.reload_interval;
+            shared.tasks.spawn(tls::reload_loop(tls, interval, hangup, shared.stopping.clone()));
+        }
+        let accepting = TaskTracker::new();
+        for listener in listeners {
+            accepting.spawn(listener::accept_loop(Arc::clone(&shared), listener, shutdown.clone()));
+        }
+        accepting.close();
+        accepting.wait().await;
         shared.stopping.cancel();
         shared.tasks.close();
         shared.tasks.wait().await;

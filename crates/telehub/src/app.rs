@@ -61,12 +61,18 @@ impl App {
         let (ingest, ingest_writer) = Ingest::new(config.ingest.clone(), store.clone());
         let broker = Broker::bind(config.mqtt.clone(), Some(Arc::new(ingest.clone()))).await?;
         let http = telehub_api::Server::bind(config.http.clone(), store.clone(), ingest).await?;
+        http.broker_stats(broker.stats());
         Ok(Self { broker, http, store, ingest_writer, data_dir, config })
     }
 
     /// The bound MQTT address.
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.broker.local_addr()
+    }
+
+    /// Every bound MQTT listener (TCP, and TLS/WebSocket when configured).
+    pub fn mqtt_addrs(&self) -> telehub_broker::Addrs {
+        self.broker.addrs()
     }
 
     /// The bound HTTP address.
@@ -83,14 +89,27 @@ impl App {
     ///
     /// When tasks are still running after `grace`.
     pub async fn run_until(self, signal: impl Future<Output = ()>, grace: Duration) -> anyhow::Result<()> {
+        let addrs = self.mqtt_addrs();
+        // the optional listeners: a field (omitted when `None`) and a URL in the message
+        let mut extra = String::new();
+        for (scheme, addr, path) in
+            [("mqtts", addrs.mqtts, ""), ("ws", addrs.ws, "/mqtt"), ("wss", addrs.wss, "/mqtt")]
+        {
+            if let Some(addr) = addr {
+                extra.push_str(&format!(", {scheme}://{addr}{path}"));
+            }
+        }
         info!(
             version = env!("CARGO_PKG_VERSION"),
-            mqtt = %self.mqtt_addr(),
+            mqtt = %addrs.mqtt,
+            mqtts = addrs.mqtts.map(tracing::field::display),
+            ws = addrs.ws.map(tracing::field::display),
+            wss = addrs.wss.map(tracing::field::display),
             http = %self.http_addr(),
             data_dir = %self.data_dir.display(),
             store = self.store.backend(),
-            "telehub started: mqtt://{} (MQTT 3.1/3.1.1/5.0), http://{}, data in {}",
-            self.mqtt_addr(),
+            "telehub started: mqtt://{} (MQTT 3.1/3.1.1/5.0){extra}, http://{}, data in {}",
+            addrs.mqtt,
             self.http_addr(),
             self.data_dir.display(),
         );

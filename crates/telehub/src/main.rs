@@ -28,6 +28,17 @@ struct Cli {
     /// MQTT/TCP listen address (overrides `mqtt.listen`).
     #[arg(long, global = true, value_name = "ADDR:PORT")]
     mqtt_listen: Option<SocketAddr>,
+    /// MQTT/TLS listen address (overrides `mqtt.tls.listen`; TLS is on when
+    /// `mqtt.tls.cert` and `mqtt.tls.key` are set).
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
+    mqtts_listen: Option<SocketAddr>,
+    /// MQTT over WebSocket listen address, path `/mqtt` (overrides `mqtt.ws.listen`).
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
+    ws_listen: Option<SocketAddr>,
+    /// MQTT over secure WebSocket listen address, path `/mqtt`; needs TLS (overrides
+    /// `mqtt.ws.tls_listen`).
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
+    wss_listen: Option<SocketAddr>,
     /// HTTP listen address (overrides `http.listen`).
     #[arg(long, global = true, value_name = "ADDR:PORT")]
     http_listen: Option<SocketAddr>,
@@ -78,6 +89,9 @@ fn main() -> ExitCode {
     let overrides = Overrides {
         data_dir: cli.data_dir.clone(),
         mqtt_listen: cli.mqtt_listen,
+        mqtts_listen: cli.mqtts_listen,
+        ws_listen: cli.ws_listen,
+        wss_listen: cli.wss_listen,
         http_listen: cli.http_listen,
         allow_anonymous: cli.allow_anonymous,
         database_url: cli.database_url.clone(),

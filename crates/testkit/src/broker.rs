@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use telehub_broker::{Broker, Config, IngestHook, Stats};
+use telehub_broker::{Addrs, Broker, Config, IngestHook, Stats};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -21,6 +21,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// connection on its own); [`TestBroker::stop`] also waits until it has finished.
 pub struct TestBroker {
     addr: SocketAddr,
+    addrs: Addrs,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -63,17 +64,24 @@ impl TestBroker {
             Err(e) => panic!("test broker cannot bind 127.0.0.1:0: {e}"),
         };
         let addr = broker.local_addr();
+        let addrs = broker.addrs();
         let stats = broker.stats();
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(broker.run(shutdown.clone()));
         tasks.close();
-        Self { addr, stats, shutdown, tasks, probes: AtomicU64::new(0) }
+        Self { addr, addrs, stats, shutdown, tasks, probes: AtomicU64::new(0) }
     }
 
     /// The address clients connect to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Every listener's address (TLS and WebSocket ones when the config asked for them,
+    /// e.g. on `127.0.0.1:0`).
+    pub fn addrs(&self) -> Addrs {
+        self.addrs
     }
 
     /// The broker's live counters (`stats().snapshot()`).

@@ -7,8 +7,12 @@
 //! * `broker`: [`TestBroker`], a [`telehub_broker::Broker`] on `127.0.0.1:0`, stopped on
 //!   drop or with [`TestBroker::stop`].
 //! * [`build`]: byte builders for what a client sends (CONNECT, PUBLISH, SUBSCRIBE, acks...).
-//! * `raw`: [`RawClient`], a TCP client that sends raw bytes and reads raw packets
+//! * `raw`: [`RawClient`], a client that sends raw bytes and reads raw packets
 //!   (fixed header + remaining length framing) with bounded waits.
+//! * [`transport`]: [`Transport`], how a client reaches the broker (TCP, TLS,
+//!   WebSocket, secure WebSocket), with the client side of each handshake.
+//! * [`pki`]: [`TestPki`], a throw-away CA with server and client certificates in PEM
+//!   files.
 //! * [`parse`]: [`Packet`] and decoders for what the server sends (CONNACK, PUBLISH,
 //!   SUBACK, acks, DISCONNECT, MQTT 5 properties).
 //!
@@ -17,14 +21,18 @@
 mod broker;
 pub mod build;
 pub mod parse;
+pub mod pki;
 mod raw;
+pub mod transport;
 
 use std::time::Duration;
 
 pub use broker::TestBroker;
 pub use build::{Connect, Publish, Version};
 pub use parse::{ConnAck, Packet, Properties, PropertyValue, PublishPacket};
+pub use pki::TestPki;
 pub use raw::RawClient;
+pub use transport::{Transport, WsMessage};
 
 /// Upper bound for something that should arrive (a packet, a close). Generous on purpose:
 /// tests never assert on speed, only that things happen at all.

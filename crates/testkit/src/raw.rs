@@ -1,16 +1,17 @@
-//! [`RawClient`]: a TCP client that sends raw bytes and reads raw packets, framed by the
-//! fixed header and remaining length only, with bounded waits.
+//! [`RawClient`]: a client that sends raw bytes and reads raw packets, framed by the
+//! fixed header and remaining length only, with bounded waits; over TCP, TLS or
+//! WebSocket ([`Transport`]).
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::parse::kind;
+use crate::transport::{Conn, Transport};
 use crate::{
     ARRIVAL_TIMEOUT, ConnAck, Connect, Packet, Publish, PublishPacket, QUIET_WINDOW, Version, build,
 };
@@ -21,7 +22,7 @@ use crate::{
 /// parsing helpers whether to expect MQTT 5 property blocks; [`RawClient::send`] sends
 /// whatever it is given.
 pub struct RawClient {
-    stream: TcpStream,
+    stream: Conn,
     buf: BytesMut,
     version: Version,
 }
@@ -48,13 +49,39 @@ impl RawClient {
     ///
     /// When the connection cannot be made within [`ARRIVAL_TIMEOUT`].
     pub async fn connect(addr: SocketAddr) -> Self {
-        let stream = match tokio::time::timeout(ARRIVAL_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => panic!("cannot connect to {addr}: {e}"),
-            Err(_) => panic!("cannot connect to {addr} within {ARRIVAL_TIMEOUT:?}"),
+        Self::connect_via(addr, &Transport::Tcp).await
+    }
+
+    /// Opens a connection to `addr` over `transport` and completes its handshakes
+    /// (TLS, WebSocket upgrade); nothing MQTT is sent.
+    ///
+    /// # Panics
+    ///
+    /// When the connection or a handshake fails or takes longer than [`ARRIVAL_TIMEOUT`].
+    pub async fn connect_via(addr: SocketAddr, transport: &Transport) -> Self {
+        match Self::try_connect_via(addr, transport).await {
+            Ok(c) => c,
+            Err(e) => panic!("cannot connect to {addr} over {}: {e}", transport.name()),
+        }
+    }
+
+    /// As [`RawClient::connect_via`], reporting failure (e.g. a refused client
+    /// certificate) instead of panicking.
+    pub async fn try_connect_via(addr: SocketAddr, transport: &Transport) -> io::Result<Self> {
+        let stream = match tokio::time::timeout(ARRIVAL_TIMEOUT, Conn::open(addr, transport)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(io::Error::from(io::ErrorKind::TimedOut)),
         };
-        stream.set_nodelay(true).expect("TCP_NODELAY");
-        Self { stream, buf: BytesMut::with_capacity(4096), version: Version::V311 }
+        Ok(Self { stream, buf: BytesMut::with_capacity(4096), version: Version::V311 })
+    }
+
+    /// Connects over `transport`, sends `connect` and asserts that the CONNACK accepts
+    /// it (code 0).
+    pub async fn open_via(addr: SocketAddr, transport: &Transport, connect: &Connect) -> (Self, ConnAck) {
+        let mut client = Self::connect_via(addr, transport).await;
+        let ack = client.handshake(connect).await;
+        assert_eq!(ack.code, 0, "CONNECT over {} refused: {ack:?}", transport.name());
+        (client, ack)
     }
 
     /// Connects, sends `connect` and asserts that the CONNACK accepts it (code 0).
@@ -96,7 +123,19 @@ impl RawClient {
         self.stream.write_all(bytes).await
     }
 
-    /// Closes our sending side (TCP FIN): the server reads end of stream.
+    /// WebSocket only: sends `message` as it is (a text message, a ping...).
+    ///
+    /// # Panics
+    ///
+    /// When the connection is not a WebSocket or the send fails.
+    pub async fn send_ws(&mut self, message: Message) {
+        if let Err(e) = self.stream.send_message(message).await {
+            panic!("WebSocket send failed: {e}");
+        }
+    }
+
+    /// Closes our sending side (TCP FIN, TLS close_notify, WebSocket close): the
+    /// server reads end of stream.
     pub async fn shutdown_write(&mut self) {
         let _ = self.stream.shutdown().await;
     }
@@ -189,6 +228,17 @@ impl RawClient {
             Next::Packet(p) => panic!("expected the connection to close, got {p:?}"),
             Next::Timeout => panic!("connection still open after {ARRIVAL_TIMEOUT:?}"),
             Next::Failed(e) => panic!("expected the connection to close, read failed: {e}"),
+        }
+    }
+
+    /// Asserts that the connection ends within [`ARRIVAL_TIMEOUT`] without another
+    /// packet, by a close or by an error (e.g. a TLS alert); returns the error if any.
+    pub async fn expect_gone(&mut self) -> Option<io::Error> {
+        match self.read_next(Instant::now() + ARRIVAL_TIMEOUT).await {
+            Next::Closed => None,
+            Next::Failed(e) => Some(e),
+            Next::Packet(p) => panic!("expected the connection to end, got {p:?}"),
+            Next::Timeout => panic!("connection still open after {ARRIVAL_TIMEOUT:?}"),
         }
     }
 

@@ -292,6 +292,11 @@ impl Ingest {
         Some(Box::pin(async move { answer?.await.unwrap_or(Err(IngestError::Closed)) }))
     }
 
+    /// The queue limit, in records.
+    pub fn capacity(&self) -> usize {
+        self.shared.config.queue_capacity
+    }
+
     /// The arrival clock for records built outside [`Ingest::offer_message`] (HTTP).
     pub fn arrival(&self) -> &ArrivalClock {
         &self.shared.arrival

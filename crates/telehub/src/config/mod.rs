@@ -51,6 +51,12 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--mqtt-listen`.
     pub mqtt_listen: Option<SocketAddr>,
+    /// `--mqtts-listen` (MQTT over TLS; overrides `mqtt.tls.listen`).
+    pub mqtts_listen: Option<SocketAddr>,
+    /// `--ws-listen` (MQTT over WebSocket; overrides `mqtt.ws.listen`).
+    pub ws_listen: Option<SocketAddr>,
+    /// `--wss-listen` (MQTT over secure WebSocket; overrides `mqtt.ws.tls_listen`).
+    pub wss_listen: Option<SocketAddr>,
     /// `--http-listen`.
     pub http_listen: Option<SocketAddr>,
     /// `--allow-anonymous`.
@@ -105,6 +111,15 @@ impl Config {
         }
         if let Some(addr) = overrides.mqtt_listen {
             figment = figment.merge(Named::new("--mqtt-listen", "mqtt.listen", addr));
+        }
+        if let Some(addr) = overrides.mqtts_listen {
+            figment = figment.merge(Named::new("--mqtts-listen", "mqtt.tls.listen", addr));
+        }
+        if let Some(addr) = overrides.ws_listen {
+            figment = figment.merge(Named::new("--ws-listen", "mqtt.ws.listen", addr));
+        }
+        if let Some(addr) = overrides.wss_listen {
+            figment = figment.merge(Named::new("--wss-listen", "mqtt.ws.tls_listen", addr));
         }
         if let Some(addr) = overrides.http_listen {
             figment = figment.merge(Named::new("--http-listen", "http.listen", addr));

@@ -134,3 +134,35 @@ fn database_url_flag_overrides_store_url() {
         Some("postgres://env@127.0.0.1/a")
     );
 }
+
+#[test]
+fn tls_and_websocket_keys_and_flags_override_like_the_others() {
+    let default = load(None, &[], &Overrides::default()).unwrap();
+    assert!(!default.mqtt.tls.is_enabled());
+    assert_eq!(
+        (default.mqtt.tls.listen.port(), default.mqtt.ws.listen, default.mqtt.ws.tls_listen),
+        (8883, None, None)
+    );
+
+    let file = "[mqtt.tls]\ncert = \"/etc/t/s.crt\"\nkey = \"/etc/t/s.key\"\n[mqtt.ws]\nlisten = \"127.0.0.1:8083\"\n";
+    let env = [
+        ("TELEHUB_MQTT__TLS__CLIENT_CA", "/etc/t/ca.crt"),
+        ("TELEHUB_MQTT__WS__TLS_LISTEN", "127.0.0.1:8084"),
+    ];
+    let c = load(Some(file), &env, &Overrides::default()).unwrap();
+    assert!(c.mqtt.tls.is_enabled());
+    assert_eq!(c.mqtt.tls.client_ca, Some(PathBuf::from("/etc/t/ca.crt")));
+    assert_eq!((c.mqtt.ws.listen.unwrap().port(), c.mqtt.ws.tls_listen.unwrap().port()), (8083, 8084));
+
+    let addr = |port| Some(SocketAddr::from(([127, 0, 0, 1], port)));
+    let flags =
+        Overrides { mqtts_listen: addr(1), ws_listen: addr(2), wss_listen: addr(3), ..Overrides::default() };
+    let c = load(Some(file), &env, &flags).unwrap();
+    assert_eq!(
+        (c.mqtt.tls.listen, c.mqtt.ws.listen, c.mqtt.ws.tls_listen),
+        (addr(1).unwrap(), addr(2), addr(3))
+    );
+
+    let m = message(load(Some("[mqtt.tls]\ncertificate = \"x\"\n"), &[], &Overrides::default()));
+    assert!(m.contains("certificate"), "{m}");
+}
