@@ -320,7 +320,8 @@ async fn run_connected<R: ReadHalf, W: WriteHalf>(
     let writer = shared.tasks.spawn(write_loop(Writer {
         initial,
         write,
-        encoder: Encoder::new(version, connect.maximum_packet_size.unwrap_or(0)),
+        encoder: Encoder::new(version, connect.maximum_packet_size.unwrap_or(0))
+            .with_topic_aliases(connect.topic_alias_maximum),
         control: control_rx,
         entry: Arc::clone(&entry),
         conn,

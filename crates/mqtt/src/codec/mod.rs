@@ -2,6 +2,7 @@
 //! maximum packet size, converts wire packets to and from [`Inbound`] / [`Outbound`],
 //! and checks the spec rules the codec leaves to us.
 
+use std::collections::HashMap;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::time::Duration;
 
@@ -295,6 +296,17 @@ enum WireEncoder {
 /// Turns [`Outbound`] packets into bytes for a client of a given protocol level.
 pub struct Encoder {
     codec: WireEncoder,
+    /// MQTT 5 topic aliases we assigned towards this client (server → client).
+    aliases: Option<TopicAliases>,
+}
+
+/// Topic aliases of one connection: the first `max` distinct topics sent get an alias,
+/// sent with the topic the first time and with an empty topic after that
+/// ([MQTT-3.3.2-12]); later topics go without one. Aliases live as long as the
+/// connection ([MQTT-3.3.2-7]), so a new connection starts with a new encoder.
+struct TopicAliases {
+    max: u16,
+    by_topic: HashMap<TopicName, u16>,
 }
 
 impl Encoder {
@@ -306,7 +318,16 @@ impl Encoder {
         } else {
             WireEncoder::V3(v3::Codec::new(0))
         };
-        Self { codec }
+        Self { codec, aliases: None }
+    }
+
+    /// Lets the encoder assign up to `max` topic aliases (the client's MQTT 5 Topic Alias
+    /// Maximum; 0 or a 3.x client: none).
+    pub fn with_topic_aliases(mut self, max: u16) -> Self {
+        if max > 0 && matches!(self.codec, WireEncoder::V5(_)) {
+            self.aliases = Some(TopicAliases { max, by_topic: HashMap::new() });
+        }
+        self
     }
 
     /// Appends the encoding of `packet` to `buf`. A DISCONNECT to a 3.x client encodes to
@@ -321,8 +342,41 @@ impl Encoder {
                 Some(p) => codec.encode(p, buf),
                 None => Ok(()),
             },
-            WireEncoder::V5(codec) => codec.encode(v5_out(packet), buf),
+            WireEncoder::V5(codec) => {
+                let mut wire = v5_out(packet);
+                let assigned = match (&mut wire, &mut self.aliases) {
+                    (v5::Packet::Publish(p), Some(aliases)) => aliases.apply(p),
+                    _ => None,
+                };
+                let result = codec.encode(wire, buf);
+                if let (Err(_), Some(topic), Some(aliases)) = (&result, assigned, &mut self.aliases) {
+                    // the client never saw this alias defined: forget it
+                    aliases.by_topic.remove(&topic);
+                }
+                result
+            }
         }
+    }
+}
+
+impl TopicAliases {
+    /// Puts the alias into `p`: an empty topic when the alias is known, the topic and a
+    /// new alias while there is room. Returns the topic when it got a new alias.
+    fn apply(&mut self, p: &mut WirePublish) -> Option<TopicName> {
+        let topic = TopicName::new(p.topic.clone()).ok()?;
+        let props = p.properties.get_or_insert_with(v5::PublishProperties::default);
+        if let Some(&alias) = self.by_topic.get(&topic) {
+            props.topic_alias = NonZeroU16::new(alias);
+            p.topic = ByteString::new();
+            return None;
+        }
+        let next = u16::try_from(self.by_topic.len()).ok()?.checked_add(1)?;
+        if next > self.max {
+            return None;
+        }
+        props.topic_alias = NonZeroU16::new(next);
+        self.by_topic.insert(topic.clone(), next);
+        Some(topic)
     }
 }
 

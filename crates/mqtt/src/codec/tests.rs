@@ -266,3 +266,80 @@ fn random_bytes_as_first_packet_never_panic() {
         let _ = d.decode(&mut BytesMut::from(&bytes[..]));
     }
 }
+
+fn publish_to(topic: &str) -> Outbound {
+    Outbound::Publish {
+        message: std::sync::Arc::new(Message {
+            topic: TopicName::new(topic.to_owned()).unwrap(),
+            payload: bytes::Bytes::from_static(b"p"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: MessageProperties::default(),
+        }),
+        qos: QoS::AtMostOnce,
+        packet_id: None,
+        retain: false,
+        dup: false,
+        subscription_ids: Vec::new(),
+        message_expiry: None,
+    }
+}
+
+/// Decodes what the encoder wrote with rmqtt-codec's v5 decoder: (topic, alias).
+fn sent_topics(buf: &mut BytesMut) -> Vec<(String, Option<u16>)> {
+    let mut codec = v5::Codec::new(0, 0);
+    let mut out = Vec::new();
+    while let Some((packet, _)) = codec.decode(buf).unwrap() {
+        let v5::Packet::Publish(p) = packet else { panic!("not a PUBLISH: {packet:?}") };
+        let alias = p.properties.and_then(|props| props.topic_alias).map(NonZeroU16::get);
+        out.push((p.topic.to_string(), alias));
+    }
+    out
+}
+
+#[test]
+fn mqtt_3_3_2_12_server_assigns_topic_aliases_up_to_the_client_maximum() {
+    let mut e = Encoder::new(ProtocolVersion::V5, 0).with_topic_aliases(1);
+    let mut buf = BytesMut::new();
+    for topic in ["plant/7/temp", "plant/7/temp", "plant/8/temp", "plant/7/temp"] {
+        e.encode(publish_to(topic), &mut buf).unwrap();
+    }
+    assert_eq!(
+        sent_topics(&mut buf),
+        vec![
+            ("plant/7/temp".to_owned(), Some(1)), // defined with its topic
+            (String::new(), Some(1)),             // then the alias alone
+            ("plant/8/temp".to_owned(), None),    // no room for a second alias
+            (String::new(), Some(1)),
+        ]
+    );
+}
+
+#[test]
+fn no_topic_aliases_without_a_client_maximum_or_for_3x() {
+    for mut e in
+        [Encoder::new(ProtocolVersion::V5, 0), Encoder::new(ProtocolVersion::V5, 0).with_topic_aliases(0)]
+    {
+        let mut buf = BytesMut::new();
+        e.encode(publish_to("a/b"), &mut buf).unwrap();
+        e.encode(publish_to("a/b"), &mut buf).unwrap();
+        assert_eq!(sent_topics(&mut buf), vec![("a/b".to_owned(), None), ("a/b".to_owned(), None)]);
+    }
+    // a 3.x encoder ignores the request entirely
+    let mut e = Encoder::new(ProtocolVersion::V3_1_1, 0).with_topic_aliases(5);
+    let mut buf = BytesMut::new();
+    e.encode(publish_to("a/b"), &mut buf).unwrap();
+    assert_eq!(&buf[..], b"\x30\x06\x00\x03a/bp");
+}
+
+#[test]
+fn an_alias_whose_packet_could_not_be_sent_is_not_used_later() {
+    // maximum packet size 20: a long topic does not fit, so its alias must not be kept
+    let mut e = Encoder::new(ProtocolVersion::V5, 20).with_topic_aliases(2);
+    let mut buf = BytesMut::new();
+    assert!(e.encode(publish_to("a/very/long/topic/that/does/not/fit"), &mut buf).is_err());
+    buf.clear();
+    e.encode(publish_to("s/t"), &mut buf).unwrap();
+    e.encode(publish_to("s/t"), &mut buf).unwrap();
+    assert_eq!(sent_topics(&mut buf), vec![("s/t".to_owned(), Some(1)), (String::new(), Some(1))]);
+}
