@@ -388,9 +388,13 @@ async fn run_connected<R: ReadHalf, W: WriteHalf>(
     // socket close finds the session in its final state
     let generation = shared.sessions.detach(shared, &entry, conn);
     // held acknowledgements go out (as their commits finish) before the DISCONNECT
-    if let Some(acker) = conn_state.acker.take() {
+    if let Some(mut acker) = conn_state.acker.take() {
         drop(acker.queue);
-        let _ = tokio::time::timeout(FLUSH_GRACE, acker.task).await;
+        if tokio::time::timeout(FLUSH_GRACE, &mut acker.task).await.is_err() {
+            // the futures only observe the hub's work, so giving up on them loses
+            // nothing; the unacknowledged messages are resent by the client
+            acker.task.abort();
+        }
     }
     if let (Some(reason), true) = (disconnect, version.is_v5()) {
         let _ = conn_state.control.try_send(Outbound::Disconnect(reason));
@@ -663,6 +667,12 @@ impl Connection<'_> {
                 queue
             }
         };
+        if self.version.is_v5() && acker.capacity() == 0 {
+            // Receive Maximum acknowledgements are already held (plus the one the acker
+            // awaits): this PUBLISH exceeds what we announced ([MQTT-3.3.4-9], 0x93).
+            // 3.x has no Receive Maximum: the reader just waits for room below.
+            return Err(ProtocolError::ReceiveMaximumExceeded);
+        }
         match acker.send((ack, packet)).await {
             Ok(()) => Ok(None),
             Err(_) => Ok(Some(Exit::Closed)),
