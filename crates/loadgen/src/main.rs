@@ -1,17 +1,23 @@
 //! `telehub-loadgen`: MQTT load for benchmarking telehub against other brokers
-//! (fan-in, fan-out, latency, idle connections). It speaks MQTT 3.1.1 through its own
-//! small client, so it shares no code with the broker it measures.
+//! (fan-in, fan-out, latency, idle connections), and telehub's telemetry ingest and
+//! queries (MQTT telemetry, HTTP ingest, a long series and its aggregate). It speaks
+//! MQTT 3.1.1 and HTTP/1.1 through its own small clients, so it shares no code with the
+//! server it measures.
 
 mod client;
 mod counters;
 mod fan_in;
 mod fan_out;
+mod http;
+mod http_ingest;
 mod idle;
 mod latency;
 mod procstat;
 mod publisher;
 mod report;
+mod series;
 mod subscriber;
+mod telemetry;
 mod wire;
 
 use std::net::SocketAddr;
@@ -23,14 +29,25 @@ use clap::{Parser, Subcommand};
 use crate::report::Report;
 
 #[derive(Parser, Debug)]
-#[command(name = "telehub-loadgen", version, about = "MQTT load generator for broker benchmarks")]
+#[command(
+    name = "telehub-loadgen",
+    version,
+    about = "MQTT and HTTP load generator for broker and telehub benchmarks"
+)]
 struct Cli {
     /// The broker's MQTT/TCP address.
     #[arg(long, global = true, default_value = "127.0.0.1:1883", value_name = "ADDR:PORT")]
     host: SocketAddr,
+    /// telehub's HTTP API address (the telemetry, http and series scenarios).
+    #[arg(long, global = true, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
+    http: SocketAddr,
     /// The broker's PID, to report its CPU time and peak memory (read from /proc).
     #[arg(long, global = true, value_name = "PID")]
     broker_pid: Option<u32>,
+    /// A database server's PID (PostgreSQL's postmaster), to report the CPU of it and
+    /// its child processes as well (the telemetry, http and series scenarios).
+    #[arg(long, global = true, value_name = "PID")]
+    db_pid: Option<u32>,
     /// Generator threads (1 keeps the generator on one core; the latency scenario
     /// always uses one thread each for its publisher and subscriber).
     #[arg(long, global = true, default_value_t = 1)]
@@ -49,11 +66,21 @@ enum Scenario {
     Latency(latency::Args),
     /// Broker memory per idle connection.
     Idle(idle::Args),
+    /// telehub: devices publish JSON telemetry at QoS 1; then the stored points are
+    /// counted through the HTTP API (0 lost).
+    Telemetry(telemetry::Args),
+    /// telehub: HTTP telemetry ingest, `POST /data` or batched `POST
+    /// /api/v1/devices/{id}/telemetry`; then the stored points are counted.
+    Http(http_ingest::Args),
+    /// telehub: loads a 1 Hz series of N days over HTTP, then times its aggregate query.
+    Series(series::Args),
 }
 
 /// Where the broker is.
 pub(crate) struct Target {
     pub(crate) addr: SocketAddr,
+    /// telehub's HTTP API.
+    pub(crate) http: SocketAddr,
     pub(crate) broker_pid: Option<u32>,
 }
 
@@ -107,7 +134,10 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let target = Target { addr: cli.host, broker_pid: cli.broker_pid };
+    if let Some(pid) = cli.db_pid {
+        procstat::set_db_pid(pid);
+    }
+    let target = Target { addr: cli.host, http: cli.http, broker_pid: cli.broker_pid };
     let result = match &cli.scenario {
         Scenario::Latency(args) => latency::run(&target, args),
         scenario => run_async(cli.threads, &target, scenario),
@@ -135,6 +165,9 @@ fn run_async(threads: usize, target: &Target, scenario: &Scenario) -> anyhow::Re
             Scenario::FanIn(args) => fan_in::run(target, args).await,
             Scenario::FanOut(args) => fan_out::run(target, args).await,
             Scenario::Idle(args) => idle::run(target, args).await,
+            Scenario::Telemetry(args) => telemetry::run(target, args).await,
+            Scenario::Http(args) => http_ingest::run(target, args).await,
+            Scenario::Series(args) => series::run(target, args).await,
             Scenario::Latency(_) => unreachable!("latency runs on its own threads"),
         }
     })

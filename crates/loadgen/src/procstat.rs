@@ -24,15 +24,31 @@ impl Proc {
 
     /// User + system CPU time so far.
     pub(crate) fn cpu(self) -> Result<Duration> {
-        let path = self.path("stat");
-        let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        // the command name may hold spaces and parentheses: fields restart after the last ')'
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { bail!("malformed {path}") };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // after ')': state is field 3 of stat(5), so utime (14) and stime (15) are at 11, 12
-        let (Some(utime), Some(stime)) = (fields.get(11), fields.get(12)) else { bail!("malformed {path}") };
-        let ticks = utime.parse::<u64>()? + stime.parse::<u64>()?;
-        Ok(Duration::from_millis(ticks * 1000 / TICKS_PER_SEC))
+        let stat = Stat::read(&self.path("stat"))?;
+        Ok(ticks(stat.utime + stat.stime))
+    }
+
+    /// CPU time so far of this process and its children: those running (user + system)
+    /// and those that ended (the parent's `cutime` + `cstime`). For a server made of
+    /// processes, such as PostgreSQL's postmaster and its backends.
+    pub(crate) fn tree_cpu(self) -> Result<Duration> {
+        let Some(root) = self.0 else { bail!("tree_cpu needs a PID") };
+        let me = Stat::read(&self.path("stat"))?;
+        let mut total = me.utime + me.stime + me.cutime + me.cstime;
+        for entry in std::fs::read_dir("/proc").context("reading /proc")?.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            if pid == root {
+                continue;
+            }
+            // a process may end while we look: skip it
+            if let Ok(child) = Stat::read(&format!("/proc/{pid}/stat"))
+                && child.ppid == root
+            {
+                total += child.utime + child.stime;
+            }
+        }
+        Ok(ticks(total))
     }
 
     /// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
@@ -49,6 +65,40 @@ impl Proc {
     }
 }
 
+fn ticks(n: u64) -> Duration {
+    Duration::from_millis(n * 1000 / TICKS_PER_SEC)
+}
+
+/// The fields of `/proc/<pid>/stat` we use, in clock ticks.
+struct Stat {
+    ppid: u32,
+    utime: u64,
+    stime: u64,
+    cutime: u64,
+    cstime: u64,
+}
+
+impl Stat {
+    fn read(path: &str) -> Result<Self> {
+        let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        // the command name may hold spaces and parentheses: fields restart after the last ')'
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { bail!("malformed {path}") };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // after ')': state is field 3 of stat(5), so ppid (4) is at 1, utime (14), stime
+        // (15), cutime (16) and cstime (17) at 11 to 14
+        let field = |i: usize| -> Result<u64> {
+            Ok(fields.get(i).with_context(|| format!("malformed {path}"))?.parse::<i64>()?.max(0) as u64)
+        };
+        Ok(Self {
+            ppid: u32::try_from(field(1)?)?,
+            utime: field(11)?,
+            stime: field(12)?,
+            cutime: field(13)?,
+            cstime: field(14)?,
+        })
+    }
+}
+
 /// CPU time of the whole machine so far (every core, from `/proc/stat`).
 #[derive(Clone, Copy, Default)]
 struct Machine {
@@ -58,6 +108,9 @@ struct Machine {
     irq: Duration,
     /// Time the hypervisor gave to other guests.
     steal: Duration,
+    /// Time some task waited for I/O (`/proc/pressure/io`, "some"; zero when the kernel
+    /// has no PSI).
+    io_stall: Duration,
 }
 
 impl Machine {
@@ -72,7 +125,12 @@ impl Machine {
             bail!("malformed /proc/stat")
         };
         let d = |ticks: u64| Duration::from_millis(ticks * 1000 / TICKS_PER_SEC);
-        Ok(Self { processes: d(user + nice + system), irq: d(irq + softirq), steal: d(steal) })
+        Ok(Self {
+            processes: d(user + nice + system),
+            irq: d(irq + softirq),
+            steal: d(steal),
+            io_stall: io_stall(),
+        })
     }
 
     fn since(self, before: Self) -> Self {
@@ -80,8 +138,21 @@ impl Machine {
             processes: self.processes.saturating_sub(before.processes),
             irq: self.irq.saturating_sub(before.irq),
             steal: self.steal.saturating_sub(before.steal),
+            io_stall: self.io_stall.saturating_sub(before.io_stall),
         }
     }
+}
+
+/// Total time some task was stalled on I/O, from `/proc/pressure/io`.
+fn io_stall() -> Duration {
+    let text = std::fs::read_to_string("/proc/pressure/io").unwrap_or_default();
+    let us = text
+        .lines()
+        .find(|l| l.starts_with("some "))
+        .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("total=")))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    Duration::from_micros(us)
 }
 
 /// CPU used by the generator, the broker and the machine over a measured interval.
@@ -89,6 +160,8 @@ pub(crate) struct CpuWindow {
     started: Instant,
     generator: Duration,
     broker: Option<(Proc, Duration)>,
+    /// The database server's process tree (`--db-pid`), if any.
+    db: Option<(Proc, Duration)>,
     machine: Machine,
 }
 
@@ -98,13 +171,17 @@ pub(crate) struct CpuUsage {
     pub(crate) generator: Duration,
     pub(crate) broker: Option<Duration>,
     pub(crate) broker_hwm_kib: Option<u64>,
-    /// Process CPU of the machine not used by the generator or the broker (other
-    /// processes), when the broker is known.
+    /// The database server's processes, when its PID is known.
+    pub(crate) db: Option<Duration>,
+    /// Process CPU of the machine not used by the generator, the broker or the database
+    /// server (other processes), when the broker is known.
     pub(crate) others: Option<Duration>,
     /// Interrupt and softirq time of the machine (loopback TCP for everyone).
     pub(crate) irq: Duration,
     /// Time stolen by the hypervisor.
     pub(crate) steal: Duration,
+    /// Time some task on the machine was stalled on I/O (e.g. waiting for an fsync).
+    pub(crate) io_stall: Duration,
 }
 
 impl CpuWindow {
@@ -113,7 +190,17 @@ impl CpuWindow {
             Some(pid) => Some((Proc(Some(pid)), Proc(Some(pid)).cpu()?)),
             None => None,
         };
-        Ok(Self { started: Instant::now(), generator: Proc(None).cpu()?, broker, machine: Machine::now()? })
+        let db = match db_pid() {
+            Some(pid) => Some((Proc(Some(pid)), Proc(Some(pid)).tree_cpu()?)),
+            None => None,
+        };
+        Ok(Self {
+            started: Instant::now(),
+            generator: Proc(None).cpu()?,
+            broker,
+            db,
+            machine: Machine::now()?,
+        })
     }
 
     pub(crate) fn stop(&self) -> Result<CpuUsage> {
@@ -123,18 +210,36 @@ impl CpuWindow {
             Some((p, before)) => (Some(p.cpu()?.saturating_sub(before)), Some(p.status_kib("VmHWM")?)),
             None => (None, None),
         };
+        let db = match self.db {
+            Some((p, before)) => Some(p.tree_cpu()?.saturating_sub(before)),
+            None => None,
+        };
         let machine = Machine::now()?.since(self.machine);
-        let others = broker.map(|b| machine.processes.saturating_sub(generator + b));
+        let others = broker.map(|b| machine.processes.saturating_sub(generator + b + db.unwrap_or_default()));
         Ok(CpuUsage {
             wall,
             generator,
             broker,
             broker_hwm_kib,
+            db,
             others,
             irq: machine.irq,
             steal: machine.steal,
+            io_stall: machine.io_stall,
         })
     }
+}
+
+/// The database server's PID (`--db-pid`), set once at start-up.
+static DB_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Measures the CPU of `pid` and its children in every [`CpuWindow`] from now on.
+pub(crate) fn set_db_pid(pid: u32) {
+    let _ = DB_PID.set(pid);
+}
+
+fn db_pid() -> Option<u32> {
+    DB_PID.get().copied()
 }
 
 #[cfg(test)]
@@ -147,5 +252,8 @@ mod tests {
         assert!(me.cpu().is_ok());
         assert!(me.status_kib("VmRSS").unwrap() > 0);
         assert!(me.status_kib("NoSuchField").is_err());
+        let pid = std::process::id();
+        assert!(Proc(Some(pid)).tree_cpu().unwrap() >= Proc(Some(pid)).cpu().unwrap());
+        assert!(me.tree_cpu().is_err());
     }
 }

@@ -37,11 +37,16 @@ impl Report {
             self.add("broker_cpu_s", format!("{:.2}", b.as_secs_f64()));
             self.add("broker_cpu_pct", format!("{:.0}", pct(b)));
         }
+        if let Some(d) = cpu.db {
+            self.add("db_cpu_s", format!("{:.2}", d.as_secs_f64()));
+            self.add("db_cpu_pct", format!("{:.0}", pct(d)));
+        }
         if let Some(o) = cpu.others {
             self.add("others_cpu_pct", format!("{:.0}", pct(o)));
         }
         self.add("irq_cpu_pct", format!("{:.0}", pct(cpu.irq)));
         self.add("steal_cpu_pct", format!("{:.0}", pct(cpu.steal)));
+        self.add("io_stall_pct", format!("{:.0}", pct(cpu.io_stall)));
         if let Some(kib) = cpu.broker_hwm_kib {
             self.add("broker_hwm_kib", kib);
         }
@@ -53,6 +58,15 @@ impl Report {
     pub(crate) fn add_per_broker_cpu(&mut self, key: &'static str, count: u64, cpu: &CpuUsage) -> &mut Self {
         if let Some(b) = cpu.broker {
             self.add_rate(key, count, b);
+        }
+        self
+    }
+
+    /// `count` per second of CPU of the broker and the database server together (when
+    /// `--db-pid` is given): what the whole stack costs.
+    pub(crate) fn add_per_stack_cpu(&mut self, key: &'static str, count: u64, cpu: &CpuUsage) -> &mut Self {
+        if let (Some(b), Some(d)) = (cpu.broker, cpu.db) {
+            self.add_rate(key, count, b + d);
         }
         self
     }

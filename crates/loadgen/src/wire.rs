@@ -67,11 +67,13 @@ pub(crate) fn disconnect(buf: &mut BytesMut) {
 }
 
 /// One PUBLISH encoded once and copied per message; only the packet id and the first
-/// 8 payload bytes (a sequence number or a timestamp) change.
+/// 8 payload bytes (a sequence number or a timestamp) change, or, with a [`Doc`]
+/// payload, the document's slots.
 pub(crate) struct PublishTemplate {
     frame: Vec<u8>,
     id_at: Option<usize>,
     stamp_at: usize,
+    doc: Option<Doc>,
 }
 
 impl PublishTemplate {
@@ -89,7 +91,23 @@ impl PublishTemplate {
         let stamp_at = buf.len();
         // a recognisable, incompressible-enough filler
         buf.extend((0..payload_len).map(|i| b'a' + (i % 26) as u8));
-        Self { frame: buf.to_vec(), id_at, stamp_at }
+        Self { frame: buf.to_vec(), id_at, stamp_at, doc: None }
+    }
+
+    /// A PUBLISH whose payload is `doc`, filled per message from its stamp (the
+    /// message's sequence number).
+    pub(crate) fn with_doc(topic: &str, qos: u8, doc: Doc) -> Self {
+        let mut buf = BytesMut::new();
+        buf.put_u8(PUBLISH | (qos << 1));
+        put_remaining_length(&mut buf, 2 + topic.len() + if qos > 0 { 2 } else { 0 } + doc.len());
+        put_str(&mut buf, topic);
+        let id_at = (qos > 0).then(|| {
+            buf.put_u16(0);
+            buf.len() - 2
+        });
+        let stamp_at = buf.len();
+        buf.put_slice(doc.bytes());
+        Self { frame: buf.to_vec(), id_at, stamp_at, doc: Some(doc) }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -104,7 +122,108 @@ impl PublishTemplate {
         if let Some(at) = self.id_at {
             frame[at..at + 2].copy_from_slice(&packet_id.to_be_bytes());
         }
-        frame[self.stamp_at..self.stamp_at + 8].copy_from_slice(&stamp.to_be_bytes());
+        match &self.doc {
+            Some(doc) => doc.fill(&mut frame[self.stamp_at..], stamp),
+            None => frame[self.stamp_at..self.stamp_at + 8].copy_from_slice(&stamp.to_be_bytes()),
+        }
+    }
+}
+
+/// Digits of a message's sequence number in each numeric field.
+const VALUE_DIGITS: usize = 6;
+/// Digits of `msg_id`.
+const MSG_ID_DIGITS: usize = 12;
+/// Digits of a Unix-millisecond `ts` (13 until the year 2286).
+const TS_DIGITS: usize = 13;
+
+/// A JSON telemetry document written once, whose slots are overwritten per message so
+/// that no message costs a formatting pass:
+/// `{<prefix>"ts":<base + seq>,"msg_id":"<seq>","f0":0.<seq>,"f1":1.<seq>,...}`.
+///
+/// Each message of one device gets its own `ts` (1 ms apart), so no point is refused as
+/// a duplicate of the `(device, metric, ts)` before it, and its own `msg_id`.
+#[derive(Clone)]
+pub(crate) struct Doc {
+    bytes: Vec<u8>,
+    ts_at: Option<usize>,
+    id_at: Option<usize>,
+    values_at: Vec<usize>,
+    base_ms: u64,
+    ts_step_ms: u64,
+}
+
+impl Doc {
+    /// `prefix` is raw JSON members ending with a comma (`"device_id":"d1",`) or empty;
+    /// `metrics` are the numeric fields; `base_ms` is the `ts` of message 0 (13 digits,
+    /// so that no `ts` has a leading zero, which JSON does not allow). Without
+    /// `msg_id` the document has no `msg_id` member.
+    pub(crate) fn new(prefix: &str, metrics: &[String], base_ms: u64, msg_id: bool) -> Self {
+        let mut text = String::from("{");
+        text.push_str(prefix);
+        let ts_at = Some(text.len() + "\"ts\":".len());
+        text.push_str(&format!("\"ts\":{}", "0".repeat(TS_DIGITS)));
+        let id_at = msg_id.then(|| {
+            let at = text.len() + ",\"msg_id\":\"".len();
+            text.push_str(&format!(",\"msg_id\":\"{}\"", "0".repeat(MSG_ID_DIGITS)));
+            at
+        });
+        let mut values_at = Vec::with_capacity(metrics.len());
+        for (i, m) in metrics.iter().enumerate() {
+            text.push_str(&format!(",\"{m}\":{}.", i % 10));
+            values_at.push(text.len());
+            text.push_str(&"0".repeat(VALUE_DIGITS));
+        }
+        text.push('}');
+        Self { bytes: text.into_bytes(), ts_at, id_at, values_at, base_ms, ts_step_ms: 1 }
+    }
+
+    /// Message `seq` at `base_ms + seq × step_ms` instead of 1 ms apart.
+    pub(crate) fn with_ts_step(mut self, step_ms: u64) -> Self {
+        self.ts_step_ms = step_ms;
+        self
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The `ts` of message `seq`.
+    pub(crate) fn ts_of(&self, seq: u64) -> u64 {
+        self.base_ms + seq * self.ts_step_ms
+    }
+
+    /// Writes message `seq`'s slots into `out`, a copy of [`Doc::bytes`].
+    pub(crate) fn fill(&self, out: &mut [u8], seq: u64) {
+        if let Some(at) = self.ts_at {
+            put_digits(&mut out[at..at + TS_DIGITS], self.ts_of(seq));
+        }
+        if let Some(at) = self.id_at {
+            put_digits(&mut out[at..at + MSG_ID_DIGITS], seq);
+        }
+        for &at in &self.values_at {
+            put_digits(&mut out[at..at + VALUE_DIGITS], seq);
+        }
+    }
+
+    /// Appends message `seq`.
+    pub(crate) fn put(&self, buf: &mut BytesMut, seq: u64) {
+        let start = buf.len();
+        buf.extend_from_slice(&self.bytes);
+        self.fill(&mut buf[start..], seq);
+    }
+}
+
+/// `n` in decimal, zero-padded to fill `out` (the lowest digits if it is too short).
+fn put_digits(out: &mut [u8], mut n: u64) {
+    for d in out.iter_mut().rev() {
+        #[allow(clippy::cast_possible_truncation)]
+        let digit = (n % 10) as u8;
+        *d = b'0' + digit;
+        n /= 10;
     }
 }
 
@@ -214,6 +333,34 @@ mod tests {
         assert!(parse(&buf[..buf.len() - 1]).unwrap().is_none());
         let (frame, _) = parse(&buf).unwrap().unwrap();
         assert_eq!(frame.publish().unwrap().1.len(), 300);
+    }
+
+    #[test]
+    fn doc_slots_are_filled_per_message() {
+        let doc = Doc::new("\"device_id\":\"d\",", &["a".into(), "b".into()], 1_700_000_000_000, true);
+        let mut buf = BytesMut::new();
+        doc.put(&mut buf, 1_234_567);
+        let want = format!(
+            r#"{{"device_id":"d","ts":{},"msg_id":"000001234567","a":0.234567,"b":1.234567}}"#,
+            1_700_000_000_000u64 + 1_234_567
+        );
+        assert_eq!(std::str::from_utf8(&buf).unwrap(), want);
+        let t = PublishTemplate::with_doc("devices/d/telemetry", 1, doc.clone());
+        let mut buf = BytesMut::new();
+        t.put(&mut buf, 9, 5);
+        let (frame, used) = parse(&buf).unwrap().unwrap();
+        assert_eq!(used, t.len());
+        let (id, payload) = frame.publish().unwrap();
+        assert_eq!(id, Some(9));
+        assert!(std::str::from_utf8(payload).unwrap().contains(r#""msg_id":"000000000005","a":0.000005"#));
+        let plain = Doc::new("", &["x".into()], 1_000_000_000_000, false);
+        let mut buf = BytesMut::new();
+        plain.put(&mut buf, 3);
+        assert_eq!(&buf[..], br#"{"ts":1000000000003,"x":0.000003}"#);
+        let slow = plain.with_ts_step(1000);
+        let mut buf = BytesMut::new();
+        slow.put(&mut buf, 3);
+        assert_eq!(&buf[..], br#"{"ts":1000000003000,"x":0.000003}"#);
     }
 
     #[test]
