@@ -7,11 +7,13 @@
 //! * [`codec`]: framing over `rmqtt-codec`: version detection from CONNECT, size limits,
 //!   and the spec rules the codec leaves to us (tagged `[MQTT-x.y.z-n]`).
 //! * [`reason`]: [`ProtocolError`] and its mapping to MQTT 5 reason codes, in one place.
+//! * [`fuzz`]: entry points for the `fuzz/` targets and the unit-test sweeps.
 //! * [`session`]: one client's session: packet ids, in-flight QoS 1/2 windows,
 //!   the bounded queue of pending deliveries, redelivery on reconnect.
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod fuzz;
 pub mod packet;
 pub mod reason;
 pub mod session;

@@ -343,3 +343,14 @@ fn an_alias_whose_packet_could_not_be_sent_is_not_used_later() {
     e.encode(publish_to("s/t"), &mut buf).unwrap();
     assert_eq!(sent_topics(&mut buf), vec![("s/t".to_owned(), Some(1)), (String::new(), Some(1))]);
 }
+
+#[test]
+fn fuzz_entry_points_survive_a_deterministic_sweep() {
+    let mut rng = Rng(0x5eed_f00d_1234_4321);
+    for _ in 0..5_000 {
+        let len = (rng.next() % 96) as usize;
+        let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        crate::fuzz::decode(&data);
+        crate::fuzz::session(&data);
+    }
+}
