@@ -52,7 +52,8 @@ pub fn session(data: &[u8]) {
                     retain: false,
                     properties: MessageProperties::default(),
                 };
-                let expires_at = (op & 0x80 != 0).then(|| BrokerTime(now.0 + std::time::Duration::from_secs(2)));
+                let expires_at =
+                    (op & 0x80 != 0).then(|| BrokerTime(now.0 + std::time::Duration::from_secs(2)));
                 let delivery = Delivery {
                     message: std::sync::Arc::new(message),
                     qos,
