@@ -77,12 +77,7 @@ impl Conn {
     /// an error (nothing else is expected during a handshake).
     async fn expect(&mut self, kind: u8, check: impl Fn(&wire::Frame<'_>) -> Result<()>) -> Result<()> {
         loop {
-            if let Some((frame, used)) = wire::parse(&self.rbuf)? {
-                if frame.kind() != kind {
-                    bail!("expected packet 0x{kind:02x}, got 0x{:02x}", frame.header);
-                }
-                check(&frame)?;
-                self.rbuf.advance(used);
+            if take_expected(&mut self.rbuf, kind, &check)? {
                 return Ok(());
             }
             if self.stream.read_buf(&mut self.rbuf).await? == 0 {
@@ -135,12 +130,7 @@ impl SyncConn {
 
     fn expect(&mut self, kind: u8, check: impl Fn(&wire::Frame<'_>) -> Result<()>) -> Result<()> {
         loop {
-            if let Some((frame, used)) = wire::parse(&self.rbuf)? {
-                if frame.kind() != kind {
-                    bail!("expected packet 0x{kind:02x}, got 0x{:02x}", frame.header);
-                }
-                check(&frame)?;
-                self.rbuf.advance(used);
+            if take_expected(&mut self.rbuf, kind, &check)? {
                 return Ok(());
             }
             if self.fill()? == 0 {
@@ -159,4 +149,21 @@ impl SyncConn {
         self.rbuf.truncate(start + n);
         r
     }
+}
+
+/// Takes the next packet from `rbuf` if a whole one is there: it must be of `kind` and
+/// pass `check`. `Ok(false)` means more bytes are needed. Shared by the async and the
+/// blocking client.
+fn take_expected(
+    rbuf: &mut BytesMut,
+    kind: u8,
+    check: &impl Fn(&wire::Frame<'_>) -> Result<()>,
+) -> Result<bool> {
+    let Some((frame, used)) = wire::parse(rbuf)? else { return Ok(false) };
+    if frame.kind() != kind {
+        bail!("expected packet 0x{kind:02x}, got 0x{:02x}", frame.header);
+    }
+    check(&frame)?;
+    rbuf.advance(used);
+    Ok(true)
 }
