@@ -18,6 +18,7 @@
 //! * [`stats`]: [`Stats`], counters of connections, messages and drops.
 //! * `sys`: the `$SYS/broker/...` topics, published from [`Stats`].
 
+pub mod auth;
 pub mod config;
 mod connection;
 pub mod hook;
@@ -36,6 +37,7 @@ use telehub_mqtt::BrokerTime;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use auth::{AllowAll, Authenticator, ConnectInfo, Principal, PublishRefusal, Refusal, TransportKind};
 pub use config::Config;
 pub use hook::{IngestAck, IngestError, IngestHook};
 pub use stats::Stats;

@@ -29,6 +29,7 @@ mod migration;
 mod page;
 pub mod postgres;
 mod queue;
+pub mod registry;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -42,6 +43,7 @@ use telehub_core::DeviceId;
 
 pub use config::{Config, RetentionConfig};
 pub use postgres::PgStore;
+pub use registry::RegistryStore;
 pub use sqlite::SqliteStore;
 
 /// Milliseconds since the Unix epoch (UTC).
