@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use telehub_core::DeviceId;
 
+use crate::registry::{AuditEvent, AuditQuery, AuditRow, Change, Entry, Kind};
 use crate::{
-    Agg, AggregateQuery, Config, Cursor, Metric, Point, PointRow, PointsQuery, Record, Resolution,
-    RetentionPolicy, Store, StoreError, TelemetryStore, Timestamp, WriteSummary,
+    Agg, AggregateQuery, Config, Cursor, Metric, Point, PointRow, PointsQuery, Record, RegistryStore,
+    Resolution, RetentionPolicy, Store, StoreError, TelemetryStore, Timestamp, WriteSummary,
 };
 
 /// An hour boundary (2023-11-14T22:00:00Z), so rollup edges are easy to reason about.
@@ -124,6 +125,17 @@ conformance!(
     retention_by_size_deletes_the_oldest_points,
     concurrent_writers_are_all_committed,
     data_survives_reopen_and_close_refuses_writes,
+    registry_put_replace_delete_and_load_order,
+    registry_changes_apply_in_order,
+    registry_apply_is_all_or_nothing,
+    nul_characters_are_refused_alike,
+    registry_and_audit_survive_reopen_and_close_refuses_them,
+    registry_writes_alongside_telemetry_writes,
+    audit_round_trip_newest_first,
+    audit_query_filters_combine,
+    audit_action_matches_exactly_or_as_a_dotted_prefix,
+    audit_paging_with_before_id_returns_every_event_once,
+    audit_prune_deletes_older_events_and_ids_keep_increasing,
 );
 
 fn dev(id: &str) -> DeviceId {
@@ -561,4 +573,481 @@ async fn data_survives_reopen_and_close_refuses_writes(h: &mut Harness) {
     assert!(matches!(err, StoreError::Closed), "{err}");
     // queries still work after close
     assert_eq!(all_points(&h.store, "d", &["t"]).await.len(), 1);
+}
+
+fn entry(kind: Kind, id: &str, owner: Option<&str>, body: serde_json::Value) -> Entry {
+    Entry { kind, id: id.to_owned(), owner: owner.map(str::to_owned), body }
+}
+
+fn put(kind: Kind, id: &str, owner: Option<&str>, body: serde_json::Value) -> Change {
+    Change::Put(entry(kind, id, owner, body))
+}
+
+fn delete(kind: Kind, id: &str) -> Change {
+    Change::Delete { kind, id: id.to_owned() }
+}
+
+/// `(kind, id)` of every stored entry, in load order.
+async fn keys(store: &Store) -> Vec<(Kind, String)> {
+    store.registry_load().await.unwrap().into_iter().map(|e| (e.kind, e.id)).collect()
+}
+
+fn key(kind: Kind, id: &str) -> (Kind, String) {
+    (kind, id.to_owned())
+}
+
+/// A small registry: two devices, credentials of each, a device rule, a global rule and
+/// a token.
+fn sample_registry() -> Vec<Change> {
+    vec![
+        put(Kind::Device, "d2", None, serde_json::json!({"name": "two"})),
+        put(Kind::Credential, "c1", Some("d1"), serde_json::json!({"hash": "x1"})),
+        put(Kind::AdminToken, "t1", None, serde_json::json!({"scopes": ["read"]})),
+        put(Kind::Device, "d1", None, serde_json::json!({"name": "one"})),
+        put(Kind::Credential, "c2", Some("d2"), serde_json::json!({"hash": "x2"})),
+        put(Kind::AclRule, "r1", Some("d1"), serde_json::json!({"allow": "pub", "topic": "t/#"})),
+        put(Kind::Credential, "c3", Some("d1"), serde_json::json!({"hash": "x3"})),
+        put(Kind::AclRule, "r0", None, serde_json::json!({"deny": "sub", "topic": "#"})),
+    ]
+}
+
+fn event(ts: i64, actor: &str, action: &str, target: &str) -> AuditEvent {
+    AuditEvent {
+        ts: Timestamp(ts),
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        outcome: "ok".to_owned(),
+        remote: None,
+        detail: serde_json::json!({}),
+    }
+}
+
+fn audit(limit: usize) -> AuditQuery {
+    AuditQuery { limit, ..AuditQuery::default() }
+}
+
+/// The actions of `rows`, in order.
+fn actions(rows: &[AuditRow]) -> Vec<&str> {
+    rows.iter().map(|r| r.event.action.as_str()).collect()
+}
+
+async fn registry_put_replace_delete_and_load_order(h: &mut Harness) {
+    let s = &h.store;
+    assert_eq!(s.registry_load().await.unwrap(), Vec::new());
+    s.registry_apply(sample_registry()).await.unwrap();
+    // ordered by Kind's order (device, credential, ACL rule, admin token), then id
+    assert_eq!(
+        keys(s).await,
+        vec![
+            key(Kind::Device, "d1"),
+            key(Kind::Device, "d2"),
+            key(Kind::Credential, "c1"),
+            key(Kind::Credential, "c2"),
+            key(Kind::Credential, "c3"),
+            key(Kind::AclRule, "r0"),
+            key(Kind::AclRule, "r1"),
+            key(Kind::AdminToken, "t1"),
+        ]
+    );
+    let loaded = s.registry_load().await.unwrap();
+    assert_eq!(loaded[2], entry(Kind::Credential, "c1", Some("d1"), serde_json::json!({"hash": "x1"})));
+    assert_eq!(loaded[5], entry(Kind::AclRule, "r0", None, serde_json::json!({"deny": "sub", "topic": "#"})));
+
+    // ids sort bytewise, whatever the database's collation
+    s.registry_apply(vec![
+        put(Kind::AdminToken, "B", None, serde_json::json!(1)),
+        put(Kind::AdminToken, "a", None, serde_json::json!(2)),
+        put(Kind::AdminToken, "é", None, serde_json::json!(3)),
+        put(Kind::AdminToken, "t10", None, serde_json::json!(4)),
+        put(Kind::AdminToken, "t2", None, serde_json::json!(5)),
+    ])
+    .await
+    .unwrap();
+    let tokens: Vec<String> =
+        keys(s).await.into_iter().filter(|(k, _)| *k == Kind::AdminToken).map(|(_, id)| id).collect();
+    assert_eq!(tokens, ["B", "a", "t1", "t10", "t2", "é"]);
+
+    // the same id under another kind is another entry
+    s.registry_apply(vec![put(Kind::AdminToken, "d1", None, serde_json::json!("token"))]).await.unwrap();
+    let d1: Vec<Entry> = s.registry_load().await.unwrap().into_iter().filter(|e| e.id == "d1").collect();
+    assert_eq!(d1.len(), 2);
+
+    // replace: body and owner both change; a body of any JSON shape comes back equal
+    let body = serde_json::json!({
+        "name": "Cellar sensor ☃",
+        "tags": ["a", "b", {"nested": [1, -2, 3.5, null, true, false]}],
+        "limits": {"max": 18_446_744_073_709_551_615_u64, "min": -9_223_372_036_854_775_808_i64, "ratio": 0.1},
+        "quote\"and\\backslash": "line\nbreak\ttab",
+        "empty": {}
+    });
+    s.registry_apply(vec![put(Kind::Credential, "c1", Some("d2"), body.clone())]).await.unwrap();
+    let c1 = s.registry_load().await.unwrap().into_iter().find(|e| e.id == "c1").unwrap();
+    assert_eq!(c1, entry(Kind::Credential, "c1", Some("d2"), body));
+    // and back to no owner
+    s.registry_apply(vec![put(Kind::Credential, "c1", None, serde_json::json!(null))]).await.unwrap();
+    let c1 = s.registry_load().await.unwrap().into_iter().find(|e| e.id == "c1").unwrap();
+    assert_eq!(c1, entry(Kind::Credential, "c1", None, serde_json::json!(null)));
+
+    // delete: only that (kind, id); deleting a missing entry is no error
+    let before = keys(s).await.len();
+    s.registry_apply(vec![delete(Kind::Device, "d1")]).await.unwrap();
+    s.registry_apply(vec![delete(Kind::Device, "d1"), delete(Kind::AclRule, "nothing")]).await.unwrap();
+    let after = keys(s).await;
+    assert_eq!(after.len(), before - 1);
+    assert!(!after.contains(&key(Kind::Device, "d1")));
+    assert!(after.contains(&key(Kind::AdminToken, "d1")));
+
+    // delete-owned: every kind d1 owns (c3, r1; c1 moved away), nothing else
+    s.registry_apply(vec![Change::DeleteOwned { owner: "d1".into() }]).await.unwrap();
+    let left = keys(s).await;
+    assert_eq!(left.len(), before - 3);
+    for gone in [key(Kind::Credential, "c3"), key(Kind::AclRule, "r1")] {
+        assert!(!left.contains(&gone), "{gone:?} is still there");
+    }
+    for kept in [key(Kind::Credential, "c1"), key(Kind::Credential, "c2"), key(Kind::AclRule, "r0")] {
+        assert!(left.contains(&kept), "{kept:?} is gone");
+    }
+    s.registry_apply(vec![Change::DeleteOwned { owner: "nobody".into() }]).await.unwrap();
+    assert_eq!(keys(s).await, left);
+    // an empty batch is a no-op
+    s.registry_apply(Vec::new()).await.unwrap();
+    assert_eq!(keys(s).await, left);
+}
+
+async fn registry_changes_apply_in_order(h: &mut Harness) {
+    let s = &h.store;
+    s.registry_apply(sample_registry()).await.unwrap();
+    s.registry_apply(vec![
+        // put twice: the second wins
+        put(Kind::Device, "d3", None, serde_json::json!({"v": 1})),
+        put(Kind::Device, "d3", Some("x"), serde_json::json!({"v": 2})),
+        // delete then put: the entry exists with the new body
+        delete(Kind::Device, "d2"),
+        put(Kind::Device, "d2", None, serde_json::json!({"v": "again"})),
+        // put then delete: it does not exist
+        put(Kind::AdminToken, "t2", None, serde_json::json!({})),
+        delete(Kind::AdminToken, "t2"),
+        // delete-owned, then a new credential of the same owner: only the new one is left
+        Change::DeleteOwned { owner: "d1".into() },
+        put(Kind::Credential, "c9", Some("d1"), serde_json::json!({"hash": "new"})),
+    ])
+    .await
+    .unwrap();
+    let all = s.registry_load().await.unwrap();
+    let find = |kind: Kind, id: &str| all.iter().find(|e| e.kind == kind && e.id == id).cloned();
+    assert_eq!(
+        find(Kind::Device, "d3"),
+        Some(entry(Kind::Device, "d3", Some("x"), serde_json::json!({"v": 2})))
+    );
+    assert_eq!(find(Kind::Device, "d2").unwrap().body, serde_json::json!({"v": "again"}));
+    assert_eq!(find(Kind::AdminToken, "t2"), None);
+    let owned_by_d1: Vec<&str> =
+        all.iter().filter(|e| e.owner.as_deref() == Some("d1")).map(|e| e.id.as_str()).collect();
+    assert_eq!(owned_by_d1, ["c9"]);
+}
+
+/// A batch whose last change breaks a constraint of the schema (an empty id) fails
+/// inside the database transaction, after the earlier changes of the batch ran: the
+/// store must be exactly as before, on both backends. (This proves rollback of a failed
+/// transaction; it cannot prove what a crash halfway through a commit would leave.)
+async fn registry_apply_is_all_or_nothing(h: &mut Harness) {
+    let s = &h.store;
+    s.registry_apply(sample_registry()).await.unwrap();
+    let before = s.registry_load().await.unwrap();
+    let err = s
+        .registry_apply(vec![
+            put(Kind::Device, "d9", None, serde_json::json!({"new": true})),
+            put(Kind::Device, "d1", None, serde_json::json!({"replaced": true})),
+            delete(Kind::Device, "d2"),
+            Change::DeleteOwned { owner: "d1".into() },
+            put(Kind::Credential, "", Some("d9"), serde_json::json!({})),
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)), "{err}");
+    assert_eq!(s.registry_load().await.unwrap(), before);
+    // the write path is usable afterwards: no transaction left open, nothing queued
+    s.registry_apply(vec![put(Kind::Device, "d9", None, serde_json::json!({"new": true}))]).await.unwrap();
+    assert_eq!(keys(s).await.len(), before.len() + 1);
+    let summary = s.write(vec![record("d9", Some("m"), T0, &[("t", T0, 1.0)])]).await.unwrap();
+    assert_eq!(summary.points, 1);
+    s.audit_append(vec![event(T0, "system", "device.create", "device:d9")]).await.unwrap();
+    assert_eq!(s.audit_query(audit(10)).await.unwrap().len(), 1);
+}
+
+/// PostgreSQL cannot store U+0000 in text or JSON: both backends refuse it the same
+/// way, and store nothing of the batch.
+async fn nul_characters_are_refused_alike(h: &mut Harness) {
+    let s = &h.store;
+    s.registry_apply(sample_registry()).await.unwrap();
+    let before = s.registry_load().await.unwrap();
+    for bad in [
+        put(Kind::Device, "d\0", None, serde_json::json!({})),
+        put(Kind::Device, "d5", Some("o\0"), serde_json::json!({})),
+        put(Kind::Device, "d5", None, serde_json::json!({"name": ["a\0b"]})),
+        delete(Kind::Device, "d1\0"),
+    ] {
+        let batch = vec![put(Kind::Device, "d6", None, serde_json::json!({})), bad.clone()];
+        let err = s.registry_apply(batch).await.unwrap_err();
+        assert!(matches!(err, StoreError::Backend(_)), "{bad:?}: {err}");
+    }
+    assert_eq!(s.registry_load().await.unwrap(), before);
+    let mut bad = event(T0, "device:x", "auth.mqtt", "client\0id");
+    let err = s.audit_append(vec![event(T0, "system", "a", "b"), bad.clone()]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)), "{err}");
+    bad.target = "client".into();
+    bad.detail = serde_json::json!({"user\0": 1});
+    assert!(s.audit_append(vec![bad]).await.is_err());
+    assert_eq!(s.audit_query(audit(10)).await.unwrap(), Vec::new());
+}
+
+async fn registry_and_audit_survive_reopen_and_close_refuses_them(h: &mut Harness) {
+    h.store.registry_apply(sample_registry()).await.unwrap();
+    h.store.registry_apply(vec![delete(Kind::Device, "d2")]).await.unwrap();
+    let mut e = event(T0, "token:t1", "device.create", "device:d1");
+    e.remote = Some("192.0.2.7:50123".into());
+    e.detail = serde_json::json!({"name": "one"});
+    h.store.audit_append(vec![e, event(T0 + 1, "system", "config.reload", "config")]).await.unwrap();
+    let registry = h.store.registry_load().await.unwrap();
+    let log = h.store.audit_query(audit(100)).await.unwrap();
+    assert_eq!((registry.len(), log.len()), (7, 2));
+
+    h.reopen().await;
+    assert_eq!(h.store.registry_load().await.unwrap(), registry);
+    assert_eq!(h.store.audit_query(audit(100)).await.unwrap(), log);
+    // ids keep increasing across the reopen
+    h.store.audit_append(vec![event(T0 + 2, "system", "device.delete", "device:d1")]).await.unwrap();
+    let newest = h.store.audit_query(audit(1)).await.unwrap();
+    assert!(newest[0].id > log[0].id);
+
+    h.store.close().await;
+    let refused = [
+        h.store.registry_apply(vec![delete(Kind::Device, "d1")]).await.unwrap_err(),
+        h.store.audit_append(vec![event(T0 + 3, "system", "x", "y")]).await.unwrap_err(),
+        h.store.audit_prune(Timestamp(i64::MAX)).await.unwrap_err(),
+    ];
+    for err in refused {
+        assert!(matches!(err, StoreError::Closed), "{err}");
+    }
+    // reads still work, and nothing changed
+    assert_eq!(h.store.registry_load().await.unwrap(), registry);
+    assert_eq!(h.store.audit_query(audit(100)).await.unwrap().len(), 3);
+}
+
+/// Registry and audit writes interleaved with a stream of telemetry writes all commit
+/// (the SQLite writer thread serves both; PostgreSQL runs them on separate connections).
+async fn registry_writes_alongside_telemetry_writes(h: &mut Harness) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..4i64 {
+        let store = h.store.clone();
+        tasks.spawn(async move {
+            for i in 0..50i64 {
+                let ts = T0 + (task * 1000 + i) * 1000;
+                store.write(vec![record(&format!("dev-{task}"), None, ts, &[("a", ts, 1.0)])]).await.unwrap();
+            }
+        });
+    }
+    for task in 0..4i64 {
+        let store = h.store.clone();
+        tasks.spawn(async move {
+            for i in 0..25i64 {
+                let id = format!("dev-{task}-{i}");
+                store
+                    .registry_apply(vec![
+                        put(Kind::Device, &id, None, serde_json::json!({"i": i})),
+                        put(Kind::Credential, &format!("{id}-cred"), Some(&id), serde_json::json!({})),
+                    ])
+                    .await
+                    .unwrap();
+                store.audit_append(vec![event(T0 + i, "system", "device.create", &id)]).await.unwrap();
+            }
+        });
+    }
+    let all = async {
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), all).await.expect("writers stalled");
+    let registry = h.store.registry_load().await.unwrap();
+    assert_eq!(registry.len(), 4 * 25 * 2);
+    assert_eq!(h.store.audit_query(audit(1000)).await.unwrap().len(), 4 * 25);
+    let q = agg_query("dev-0", &["a"], T0, T0 + DAY, Duration::from_secs(86_400));
+    assert_eq!(h.store.aggregate(q).await.unwrap().buckets[0].count, 50);
+}
+
+async fn audit_round_trip_newest_first(h: &mut Harness) {
+    let s = &h.store;
+    assert_eq!(s.audit_query(audit(10)).await.unwrap(), Vec::new());
+    s.audit_append(Vec::new()).await.unwrap();
+    let mut refused = event(T0 + 5, "anonymous", "auth.mqtt", "client-7");
+    refused.outcome = "denied".into();
+    refused.remote = Some("[2001:db8::1]:1883".into());
+    refused.detail = serde_json::json!({"reason": "bad password", "username": "d1", "attempt": 3});
+    let events = vec![
+        event(T0, "token:t1", "device.create", "device:d1"),
+        refused,
+        // older than the one before: order is by insertion, not by ts
+        event(T0 + 1, "system", "config.reload", "config"),
+    ];
+    s.audit_append(events.clone()).await.unwrap();
+    s.audit_append(vec![event(T0 + 9, "token:t1", "credential.delete", "credential:c1")]).await.unwrap();
+    let rows = s.audit_query(audit(10)).await.unwrap();
+    assert_eq!(actions(&rows), ["credential.delete", "config.reload", "auth.mqtt", "device.create"]);
+    assert!(rows.windows(2).all(|w| w[0].id > w[1].id), "ids not decreasing: {rows:?}");
+    // every field comes back as it went in
+    let mut stored: Vec<AuditEvent> = rows.into_iter().skip(1).map(|r| r.event).collect();
+    stored.reverse();
+    assert_eq!(stored, events);
+    // limit caps the page, newest first
+    assert_eq!(actions(&s.audit_query(audit(2)).await.unwrap()), ["credential.delete", "config.reload"]);
+    assert_eq!(s.audit_query(audit(0)).await.unwrap(), Vec::new());
+}
+
+async fn audit_query_filters_combine(h: &mut Harness) {
+    let s = &h.store;
+    s.audit_append(vec![
+        event(T0, "token:a", "device.create", "device:1"),
+        event(T0 + 10, "token:b", "device.create", "device:2"),
+        event(T0 + 20, "token:a", "device.delete", "device:1"),
+        event(T0 + 30, "token:a", "credential.create", "credential:9"),
+        event(T0 + 40, "device:1", "auth.mqtt", "device:1"),
+    ])
+    .await
+    .unwrap();
+    let q = |f: &dyn Fn(&mut AuditQuery)| {
+        let mut q = audit(100);
+        f(&mut q);
+        q
+    };
+    let run = |query: AuditQuery| async move {
+        s.audit_query(query).await.unwrap().into_iter().map(|r| r.event.ts.0 - T0).collect::<Vec<i64>>()
+    };
+    // from is inclusive, to exclusive
+    assert_eq!(run(q(&|q| q.from = Some(Timestamp(T0 + 20)))).await, [40, 30, 20]);
+    assert_eq!(run(q(&|q| q.to = Some(Timestamp(T0 + 20)))).await, [10, 0]);
+    assert_eq!(
+        run(q(&|q| {
+            q.from = Some(Timestamp(T0 + 10));
+            q.to = Some(Timestamp(T0 + 40));
+        }))
+        .await,
+        [30, 20, 10]
+    );
+    assert_eq!(run(q(&|q| q.actor = Some("token:a".into()))).await, [30, 20, 0]);
+    assert_eq!(run(q(&|q| q.target = Some("device:1".into()))).await, [40, 20, 0]);
+    assert_eq!(run(q(&|q| q.action = Some("device.create".into()))).await, [10, 0]);
+    assert!(run(q(&|q| q.actor = Some("token:".into()))).await.is_empty(), "actor is exact");
+    // every filter at once: AND
+    assert_eq!(
+        run(q(&|q| {
+            q.actor = Some("token:a".into());
+            q.target = Some("device:1".into());
+            q.action = Some("device".into());
+            q.from = Some(Timestamp(T0 + 1));
+            q.to = Some(Timestamp(T0 + 100));
+        }))
+        .await,
+        [20]
+    );
+    assert_eq!(
+        run(q(&|q| {
+            q.actor = Some("token:b".into());
+            q.target = Some("device:1".into());
+        }))
+        .await,
+        Vec::<i64>::new()
+    );
+}
+
+async fn audit_action_matches_exactly_or_as_a_dotted_prefix(h: &mut Harness) {
+    let s = &h.store;
+    let all = [
+        "device",
+        "device.create",
+        "device.create.bulk",
+        "devices.x",
+        "devicex",
+        "Device.create",
+        "device_create",
+        "dev.ice",
+        "auth.mqtt",
+        "device/x",
+    ];
+    let events: Vec<AuditEvent> = all.iter().map(|a| event(T0, "system", a, "t")).collect();
+    s.audit_append(events).await.unwrap();
+    let matching = |action: &'static str| async move {
+        let q = AuditQuery { action: Some(action.into()), ..audit(100) };
+        let mut got: Vec<String> =
+            s.audit_query(q).await.unwrap().into_iter().map(|r| r.event.action).collect();
+        got.reverse();
+        got
+    };
+    assert_eq!(matching("device").await, ["device", "device.create", "device.create.bulk"]);
+    assert_eq!(matching("device.create").await, ["device.create", "device.create.bulk"]);
+    assert_eq!(matching("auth").await, ["auth.mqtt"]);
+    // no wildcards (`_`, `%`), no case folding, no partial segment
+    assert!(matching("device_").await.is_empty());
+    assert!(matching("devic").await.is_empty());
+    assert_eq!(matching("dev").await, ["dev.ice"]);
+    assert!(matching("devic%").await.is_empty());
+    assert_eq!(matching("Device").await, ["Device.create"]);
+}
+
+async fn audit_paging_with_before_id_returns_every_event_once(h: &mut Harness) {
+    let s = &h.store;
+    for chunk in 0..5i64 {
+        let events: Vec<AuditEvent> = (0..5i64)
+            .map(|i| {
+                let n = chunk * 5 + i;
+                let action = if n % 2 == 0 { "device.update" } else { "auth.http" };
+                event(T0 + n, "system", action, &format!("n:{n}"))
+            })
+            .collect();
+        s.audit_append(events).await.unwrap();
+    }
+    let want: Vec<String> = (0..25).rev().map(|n| format!("n:{n}")).collect();
+    for (limit, action) in [(1, None), (7, None), (25, None), (100, None), (4, Some("device"))] {
+        let mut q = AuditQuery { action: action.map(str::to_owned), ..audit(limit) };
+        let mut got = Vec::new();
+        loop {
+            let page = s.audit_query(q.clone()).await.unwrap();
+            assert!(page.len() <= limit);
+            let Some(last) = page.last() else { break };
+            q.before_id = Some(last.id);
+            got.extend(page.into_iter().map(|r| r.event.target));
+        }
+        let want: Vec<&String> =
+            want.iter().filter(|t| action.is_none() || t[2..].parse::<i64>().unwrap() % 2 == 0).collect();
+        assert_eq!(got.iter().collect::<Vec<_>>(), want, "limit {limit}, action {action:?}");
+    }
+    // before_id is exclusive
+    let newest = s.audit_query(audit(2)).await.unwrap();
+    let next = s.audit_query(AuditQuery { before_id: Some(newest[0].id), ..audit(1) }).await.unwrap();
+    assert_eq!(next, newest[1..]);
+}
+
+async fn audit_prune_deletes_older_events_and_ids_keep_increasing(h: &mut Harness) {
+    let s = &h.store;
+    let events: Vec<AuditEvent> = (0..10i64).map(|i| event(T0 + i * HOUR, "system", "a.b", "t")).collect();
+    s.audit_append(events).await.unwrap();
+    assert_eq!(s.audit_prune(Timestamp(T0)).await.unwrap(), 0);
+    // strictly older than `before`: the event at T0 + 4 h stays
+    assert_eq!(s.audit_prune(Timestamp(T0 + 4 * HOUR)).await.unwrap(), 4);
+    let rows = s.audit_query(audit(100)).await.unwrap();
+    let left: Vec<i64> = rows.iter().map(|r| (r.event.ts.0 - T0) / HOUR).collect();
+    assert_eq!(left, [9, 8, 7, 6, 5, 4]);
+    assert_eq!(s.audit_prune(Timestamp(T0 + 4 * HOUR)).await.unwrap(), 0);
+    // an old event appended late is pruned by time, not by id
+    s.audit_append(vec![event(T0 - DAY, "system", "late", "t")]).await.unwrap();
+    assert_eq!(s.audit_prune(Timestamp(T0)).await.unwrap(), 1);
+    assert_eq!(s.audit_query(audit(100)).await.unwrap(), rows);
+    // after everything is pruned, new ids are still greater than every id handed out
+    assert_eq!(s.audit_prune(Timestamp(i64::MAX)).await.unwrap(), 6);
+    assert_eq!(s.audit_query(audit(100)).await.unwrap(), Vec::new());
+    s.audit_append(vec![event(T0, "system", "after", "t")]).await.unwrap();
+    let after = s.audit_query(audit(100)).await.unwrap();
+    assert_eq!(actions(&after), ["after"]);
+    assert!(after[0].id > rows[0].id + 1, "id {} reused after {}", after[0].id, rows[0].id);
 }

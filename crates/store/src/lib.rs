@@ -6,6 +6,9 @@
 //! * this file: the vocabulary ([`Record`], [`Point`], queries and their answers),
 //!   [`TelemetryStore`], the trait the hub and the API use, and [`Store`], the backend
 //!   chosen by [`Config`];
+//! * [`registry`]: [`RegistryStore`], the device registry (devices, credentials, ACL
+//!   rules, admin tokens, as JSON documents) and the audit log, with its vocabulary;
+//!   [`Store`] implements it too;
 //! * [`config`]: the `[store]` section;
 //! * `queue`: the bound on points waiting for a writer (backpressure);
 //! * [`sqlite`]: the embedded backend (one writer thread, WAL, reader pool);
@@ -442,6 +445,43 @@ impl TelemetryStore for Store {
         match self {
             Store::Sqlite(s) => s.enforce_retention(policy, now).await,
             Store::Postgres(s) => s.enforce_retention(policy, now).await,
+        }
+    }
+}
+
+impl RegistryStore for Store {
+    async fn registry_load(&self) -> Result<Vec<registry::Entry>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.registry_load().await,
+            Store::Postgres(s) => s.registry_load().await,
+        }
+    }
+
+    async fn registry_apply(&self, changes: Vec<registry::Change>) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.registry_apply(changes).await,
+            Store::Postgres(s) => s.registry_apply(changes).await,
+        }
+    }
+
+    async fn audit_append(&self, events: Vec<registry::AuditEvent>) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.audit_append(events).await,
+            Store::Postgres(s) => s.audit_append(events).await,
+        }
+    }
+
+    async fn audit_query(&self, query: registry::AuditQuery) -> Result<Vec<registry::AuditRow>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.audit_query(query).await,
+            Store::Postgres(s) => s.audit_query(query).await,
+        }
+    }
+
+    async fn audit_prune(&self, before: Timestamp) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.audit_prune(before).await,
+            Store::Postgres(s) => s.audit_prune(before).await,
         }
     }
 }

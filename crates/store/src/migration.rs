@@ -13,18 +13,20 @@ pub(crate) struct Migration {
 }
 
 /// SQLite's migrations, in order.
-pub(crate) const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "telemetry",
-    sql: include_str!("../migrations/sqlite/0001_telemetry.sql"),
-}];
+pub(crate) const SQLITE: &[Migration] = &[
+    Migration { version: 1, name: "telemetry", sql: include_str!("../migrations/sqlite/0001_telemetry.sql") },
+    Migration { version: 2, name: "registry", sql: include_str!("../migrations/sqlite/0002_registry.sql") },
+];
 
 /// PostgreSQL's migrations, in order.
-pub(crate) const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "telemetry",
-    sql: include_str!("../migrations/postgres/0001_telemetry.sql"),
-}];
+pub(crate) const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "telemetry",
+        sql: include_str!("../migrations/postgres/0001_telemetry.sql"),
+    },
+    Migration { version: 2, name: "registry", sql: include_str!("../migrations/postgres/0002_registry.sql") },
+];
 
 /// The statement creating the version table, the same on both backends.
 pub(crate) const CREATE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (\

@@ -41,6 +41,12 @@ impl Admission {
     pub(crate) fn close(&self) {
         self.semaphore.close();
     }
+
+    /// Whether [`Admission::close`] was called: the store takes no more writes of any
+    /// kind.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.semaphore.is_closed()
+    }
 }
 
 /// The number of points of `records`, for [`Admission::admit`].

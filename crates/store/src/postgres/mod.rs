@@ -7,9 +7,11 @@
 //!
 //! * this file: opening, migrations, queries and retention;
 //! * `writer`: the writer task and its group commit;
-//! * `partition`: day partitions.
+//! * `partition`: day partitions;
+//! * `registry`: [`RegistryStore`](crate::RegistryStore), the registry and the audit log.
 
 mod partition;
+mod registry;
 mod writer;
 
 use std::collections::BTreeMap;

@@ -14,8 +14,10 @@
 //!
 //! * this file: opening, migrations, the reader pool and the queries;
 //! * `writer`: the writer thread and its group commit;
-//! * `retention`: deleting by age and by size.
+//! * `retention`: deleting by age and by size;
+//! * `registry`: [`RegistryStore`](crate::RegistryStore), the registry and the audit log.
 
+mod registry;
 mod retention;
 mod writer;
 

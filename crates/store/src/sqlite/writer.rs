@@ -21,7 +21,8 @@ pub(super) enum Job {
         reply: oneshot::Sender<Result<WriteSummary, StoreError>>,
         permit: OwnedSemaphorePermit,
     },
-    /// Run this on the write connection (retention); it answers through its own channel.
+    /// Run this on the write connection (retention, registry and audit writes); it
+    /// answers through its own channel.
     Exec(Box<dyn FnOnce(&mut Connection) + Send>),
     /// Commit what is queued before this, checkpoint, answer and stop.
     Close(oneshot::Sender<()>),
