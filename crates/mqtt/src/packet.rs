@@ -166,6 +166,8 @@ pub enum ConnAckCode {
     NotAuthorized,
     /// Server unavailable (3.x: 0x03, 5.0: 0x88).
     ServerUnavailable,
+    /// Connection rate exceeded (5.0: 0x9F; 3.x has no such code: 0x05 not authorized).
+    ConnectionRate,
     /// Keep alive above the server's maximum, for 3.x clients that cannot be told
     /// (3.x: 0x02 identifier rejected, as Mosquitto does).
     KeepAliveTooLong,

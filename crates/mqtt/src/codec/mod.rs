@@ -410,7 +410,9 @@ fn v3_out(packet: Outbound) -> Option<v3::Packet> {
                 }
                 ConnAckCode::UnsupportedProtocol => v3::ConnectAckReason::UnacceptableProtocolVersion,
                 ConnAckCode::BadCredentials => v3::ConnectAckReason::BadUserNameOrPassword,
-                ConnAckCode::NotAuthorized => v3::ConnectAckReason::NotAuthorized,
+                ConnAckCode::NotAuthorized | ConnAckCode::ConnectionRate => {
+                    v3::ConnectAckReason::NotAuthorized
+                }
                 ConnAckCode::ServerUnavailable => v3::ConnectAckReason::ServiceUnavailable,
             };
             // [MQTT-3.2.2-4] session present is 0 when the return code is not 0
@@ -474,6 +476,7 @@ fn v5_out(packet: Outbound) -> v5::Packet {
                 ConnAckCode::BadCredentials => v5::ConnectAckReason::BadUserNameOrPassword,
                 ConnAckCode::NotAuthorized => v5::ConnectAckReason::NotAuthorized,
                 ConnAckCode::ServerUnavailable => v5::ConnectAckReason::ServerUnavailable,
+                ConnAckCode::ConnectionRate => v5::ConnectAckReason::ConnectionRateExceeded,
                 ConnAckCode::KeepAliveTooLong => v5::ConnectAckReason::ImplementationSpecificError,
             };
             P::ConnectAck(Box::new(v5::ConnectAck {

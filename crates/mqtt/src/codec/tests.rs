@@ -211,6 +211,34 @@ fn mqtt_3_2_2_4_refused_connack_never_says_session_present() {
 }
 
 #[test]
+fn refused_connack_codes_per_version() {
+    let cases = [
+        (ConnAckCode::BadCredentials, 0x04, 0x86),
+        (ConnAckCode::NotAuthorized, 0x05, 0x87),
+        (ConnAckCode::ServerUnavailable, 0x03, 0x88),
+        // 3.x has no connection-rate code
+        (ConnAckCode::ConnectionRate, 0x05, 0x9f),
+    ];
+    for (code, v3, v5) in cases {
+        for (version, want) in [(ProtocolVersion::V3_1_1, v3), (ProtocolVersion::V5, v5)] {
+            let mut buf = BytesMut::new();
+            let connack = Outbound::ConnAck {
+                session_present: false,
+                code,
+                assigned_client_id: None,
+                server_keep_alive: None,
+                receive_maximum: 1,
+                maximum_packet_size: 0,
+                topic_alias_maximum: 0,
+            };
+            Encoder::new(version, 0).encode(connack, &mut buf).unwrap();
+            // fixed header, one-byte remaining length, flags, then the code
+            assert_eq!((buf[0], buf[3]), (0x20, want), "{code:?} over {version:?}");
+        }
+    }
+}
+
+#[test]
 fn encoder_writes_v5_disconnect_with_reason() {
     let mut e = Encoder::new(ProtocolVersion::V5, 0);
     let mut buf = BytesMut::new();
