@@ -113,23 +113,28 @@ impl Refusal {
     }
 }
 
-/// Why a PUBLISH is refused. MQTT 5 QoS 1/2 publishers get the reason code in PUBACK /
-/// PUBREC; MQTT 3.x has no way to say it, so the message is acknowledged as usual,
-/// dropped and counted, never routed or stored.
+/// Why a PUBLISH is refused. A refused message is counted, never routed, retained or
+/// offered to the ingest hook. MQTT 5 QoS 1/2 publishers get [`PublishRefusal::reason_code`]
+/// in PUBACK / PUBREC (which ends a QoS 2 flow). MQTT 3.x has no way to say it: a
+/// [`PublishRefusal::NotAuthorized`] message is acknowledged as usual and dropped; a QoS
+/// 1/2 message [`PublishRefusal::RateTooHigh`] closes the connection unacknowledged, so
+/// the client slows down and resends. QoS 0 messages are just dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PublishRefusal {
     /// The topic is not the publisher's (0x87 Not authorized).
     NotAuthorized,
-    /// The device sends faster than its limit (0x96 Message rate too high).
+    /// The device sends faster than its limit (0x97 Quota exceeded: MQTT 5 defines 0x96
+    /// Message rate too high for DISCONNECT only, and PUBACK / PUBREC cannot carry it).
     RateTooHigh,
 }
 
 impl PublishRefusal {
-    /// The MQTT 5 PUBACK/PUBREC reason code.
+    /// The MQTT 5 PUBACK/PUBREC reason code: one of those the specification allows
+    /// there (3.4.2.1), which a client's decoder accepts.
     pub fn reason_code(self) -> u8 {
         match self {
             Self::NotAuthorized => 0x87,
-            Self::RateTooHigh => 0x96,
+            Self::RateTooHigh => 0x97,
         }
     }
 }

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::Shared;
+use crate::auth::{ConnectInfo, Principal, PublishRefusal, Refusal, TransportKind};
 use crate::hook::IngestAck;
 use crate::router::Subscriber;
 use crate::sessions::{self, AttachRequest, SessionEntry, Sessions};
@@ -176,17 +177,35 @@ enum Exit {
     Shutdown,
     /// An MQTT 3.x message could not be stored; closed unacknowledged.
     IngestFailed,
+    /// [`Control::disconnect_where`](crate::Control::disconnect_where) picked this
+    /// connection (0x98 Administrative action).
+    Revoked,
+    /// An MQTT 3.x client published faster than the authenticator allows; 3.x cannot be
+    /// told, so it is closed with the message unacknowledged.
+    RateTooHigh,
+}
+
+/// Who is at the other end of a new connection, as the listener saw it.
+pub(crate) struct Peer {
+    /// The client's address.
+    pub(crate) addr: SocketAddr,
+    /// The transport it came over.
+    pub(crate) transport: TransportKind,
+    /// SHA-256 of the DER of its TLS client certificate, if it sent one.
+    pub(crate) cert_sha256: Option<[u8; 32]>,
 }
 
 /// Serves one connection, its transport's handshake done, until it closes, is taken
-/// over, or `cancel` fires. CONNECT must arrive before `connect_deadline`.
+/// over, or `cancel` fires. CONNECT must arrive, and be authenticated, before
+/// `connect_deadline`.
 pub(crate) async fn serve<R: ReadHalf, W: WriteHalf>(
     shared: Arc<Shared>,
     (read, write): (R, W),
-    peer: SocketAddr,
+    client: Peer,
     connect_deadline: Instant,
     cancel: CancellationToken,
 ) {
+    let peer = client.addr;
     Stats::add(&shared.stats.connections_total, 1);
     let mut reader =
         Reader { read, buf: BytesMut::new(), decoder: Decoder::new(shared.config.max_packet_size) };
@@ -218,7 +237,7 @@ pub(crate) async fn serve<R: ReadHalf, W: WriteHalf>(
     };
     let conn = shared.sessions.next_conn_id();
     Stats::add(&shared.stats.connections_current, 1);
-    run_connected(&shared, reader, write, *connect, peer, conn, cancel).await;
+    run_connected(&shared, reader, write, *connect, (&client, connect_deadline), conn, cancel).await;
     shared.stats.connections_current.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
@@ -246,10 +265,11 @@ async fn run_connected<R: ReadHalf, W: WriteHalf>(
     mut reader: Reader<R>,
     write: W,
     connect: Connect,
-    peer: SocketAddr,
+    (client, connect_deadline): (&Peer, Instant),
     conn: u64,
     cancel: CancellationToken,
 ) {
+    let peer = client.addr;
     let version = connect.version;
     let config = &shared.config;
     // [MQTT-3.1.3-8] a 3.1.1 client with an empty id must ask for a clean session;
@@ -288,6 +308,15 @@ async fn run_connected<R: ReadHalf, W: WriteHalf>(
     } else {
         None // 3.x persistent sessions last until a clean session replaces them
     };
+    let principal = match authenticate(shared, &connect, &client_id, client, connect_deadline, &cancel).await
+    {
+        Ok(principal) => principal,
+        Err(None) => return,
+        Err(Some(code)) => {
+            Stats::add(&shared.stats.auth_failures, 1);
+            return refuse(write, version, code).await;
+        }
+    };
 
     let waker = Arc::new(Notify::new());
     let attached = shared.sessions.attach(
@@ -315,6 +344,11 @@ async fn run_connected<R: ReadHalf, W: WriteHalf>(
         topic_alias_maximum: config.topic_alias_maximum,
     }];
     initial.extend(attached.resend);
+    // from here until it is dropped: in `Control`'s view (before the client can see its
+    // CONNACK), and `disconnected` when it ends
+    let registration =
+        shared.live.register(conn, principal.clone(), client_id.clone(), Arc::clone(&shared.auth));
+    let revoked = registration.revoked().clone();
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let stop_writer = CancellationToken::new();
     let writer = shared.tasks.spawn(write_loop(Writer {
@@ -331,6 +365,8 @@ async fn run_connected<R: ReadHalf, W: WriteHalf>(
         started: shared.started,
     }));
 
+    shared.auth.connected(&principal, &client_id, peer);
+
     let ingest_failed = CancellationToken::new();
     let mut conn_state = Connection {
         shared,
@@ -339,6 +375,7 @@ async fn run_connected<R: ReadHalf, W: WriteHalf>(
         version,
         control,
         client_id: &client_id,
+        principal: &principal,
         acker: None,
         ingest_failed: ingest_failed.clone(),
         topic_aliases: HashMap::new(),
@@ -352,6 +389,7 @@ async fn run_connected<R: ReadHalf, W: WriteHalf>(
             _ = cancel.cancelled() => {
                 break if still_owns(&entry, conn) { Exit::Shutdown } else { Exit::TakenOver };
             }
+            _ = revoked.cancelled() => break Exit::Revoked,
             _ = ingest_failed.cancelled() => break Exit::IngestFailed,
             r = read_until(&mut reader, &shared.stats, deadline) => r,
         };
@@ -371,6 +409,8 @@ async fn run_connected<R: ReadHalf, W: WriteHalf>(
         }
     };
 
+    // out of `Control`'s view before the client can see the connection end
+    drop(registration);
     let (will_allowed, disconnect) = match exit {
         Exit::Disconnect(reason) => (reason == 0x04, None), // 0x04: disconnect with will
         Exit::Closed => (true, None),
@@ -382,7 +422,8 @@ async fn run_connected<R: ReadHalf, W: WriteHalf>(
         Exit::AuthNotSupported => (true, Some(0x8c)),
         Exit::TakenOver => (true, Some(0x8e)),
         Exit::Shutdown => (false, Some(0x8b)),
-        Exit::IngestFailed => (true, None),
+        Exit::IngestFailed | Exit::RateTooHigh => (true, None),
+        Exit::Revoked => (true, Some(0x98)),
     };
     // end or park the session first, so a client reconnecting as soon as it sees the
     // socket close finds the session in its final state
@@ -407,6 +448,59 @@ async fn run_connected<R: ReadHalf, W: WriteHalf>(
         send_will(shared, &entry, generation, will.message, will.delay).await;
     }
     debug!(%peer, client_id = %client_id, "disconnected");
+}
+
+/// Asks the authenticator about a CONNECT: its credentials, within `deadline`, then its
+/// will, as a PUBLISH of the will's topic. The error is the CONNACK code to refuse with,
+/// `None` when the broker is shutting down (closed without CONNACK).
+async fn authenticate(
+    shared: &Shared,
+    connect: &Connect,
+    client_id: &ClientId,
+    client: &Peer,
+    deadline: Instant,
+    cancel: &CancellationToken,
+) -> Result<Principal, Option<ConnAckCode>> {
+    let info = ConnectInfo {
+        client_id,
+        username: connect.username.as_deref(),
+        password: connect.password.as_deref(),
+        peer: client.addr,
+        transport: client.transport,
+        cert_sha256: client.cert_sha256,
+    };
+    let verdict = tokio::select! {
+        _ = cancel.cancelled() => return Err(None),
+        r = tokio::time::timeout_at(deadline, shared.auth.authenticate(info)) => r,
+    };
+    let principal = match verdict {
+        Ok(Ok(principal)) => principal,
+        Ok(Err(refusal)) => {
+            debug!(peer = %client.addr, client_id = %client_id, ?refusal, "CONNECT refused");
+            return Err(Some(refusal_code(refusal)));
+        }
+        Err(_) => {
+            debug!(peer = %client.addr, client_id = %client_id, "authentication not done within the connect timeout");
+            return Err(Some(ConnAckCode::ServerUnavailable));
+        }
+    };
+    if let Some(will) = &connect.will
+        && let Err(refusal) = shared.auth.authorize_publish(&principal, &will.message)
+    {
+        debug!(peer = %client.addr, client_id = %client_id, topic = %will.message.topic, ?refusal, "will refused");
+        return Err(Some(ConnAckCode::NotAuthorized));
+    }
+    Ok(principal)
+}
+
+/// The CONNACK that says `refusal` ([`Refusal::connack_code`] in each version).
+fn refusal_code(refusal: Refusal) -> ConnAckCode {
+    match refusal {
+        Refusal::BadCredentials => ConnAckCode::BadCredentials,
+        Refusal::NotAuthorized => ConnAckCode::NotAuthorized,
+        Refusal::ConnectionRate => ConnAckCode::ConnectionRate,
+        Refusal::Unavailable => ConnAckCode::ServerUnavailable,
+    }
 }
 
 /// True while `conn` owns the session. A cancelled connection that still owns its
@@ -468,6 +562,8 @@ struct Connection<'a> {
     version: ProtocolVersion,
     control: mpsc::Sender<Outbound>,
     client_id: &'a ClientId,
+    /// Who the authenticator said the client is.
+    principal: &'a Principal,
     /// Holds acknowledgements until the hub has stored their messages.
     acker: Option<Acker>,
     /// Cancelled by the acker when an MQTT 3.x message could not be stored.
@@ -607,21 +703,26 @@ impl Connection<'_> {
                 topic
             }
         };
-        let message = Arc::new(Message {
-            topic,
-            payload: p.payload,
-            qos: p.qos,
-            retain: p.retain,
-            properties: p.properties,
-        });
-        Stats::add(&self.shared.stats.messages_received, 1);
+        let message =
+            Message { topic, payload: p.payload, qos: p.qos, retain: p.retain, properties: p.properties };
+        let v5 = self.version.is_v5();
         match (p.qos, p.packet_id) {
             (QoS::AtMostOnce, _) => {
-                let _ = sessions::publish(self.shared, Some(self.client_id), message).await;
+                // refused: dropped (there is nothing to answer), whatever the version
+                if self.authorize(&message).is_ok() {
+                    let _ = sessions::publish(self.shared, Some(self.client_id), Arc::new(message)).await;
+                }
                 Ok(None)
             }
             (QoS::AtLeastOnce, Some(id)) => {
-                let ack = sessions::publish(self.shared, Some(self.client_id), message).await;
+                let ack = match self.authorize(&message) {
+                    Ok(()) => sessions::publish(self.shared, Some(self.client_id), Arc::new(message)).await,
+                    Err(refusal) if v5 => {
+                        return self.ack_after(None, Outbound::PubAck(id, refusal.reason_code())).await;
+                    }
+                    Err(PublishRefusal::RateTooHigh) => return Ok(Some(Exit::RateTooHigh)),
+                    Err(PublishRefusal::NotAuthorized) => None, // 3.x: acknowledged, dropped
+                };
                 self.ack_after(ack, Outbound::PubAck(id, 0)).await
             }
             (QoS::ExactlyOnce, Some(id)) => {
@@ -634,14 +735,48 @@ impl Connection<'_> {
                     }
                     st.session.on_incoming_qos2(id)
                 };
-                let ack = if is_new {
-                    sessions::publish(self.shared, Some(self.client_id), message).await
-                } else {
-                    None // [MQTT-4.3.3-9] a resent PUBLISH is acknowledged, not routed again
+                if !is_new {
+                    // [MQTT-4.3.3-9] a resent PUBLISH is acknowledged, not routed again
+                    // (nor asked about again: it was accepted the first time)
+                    Stats::add(&self.shared.stats.messages_received, 1);
+                    return self.ack_after(None, Outbound::PubRec(id, 0)).await;
+                }
+                let ack = match self.authorize(&message) {
+                    Ok(()) => sessions::publish(self.shared, Some(self.client_id), Arc::new(message)).await,
+                    // 3.x NotAuthorized: PUBREC, then PUBCOMP on PUBREL, as usual; dropped
+                    Err(PublishRefusal::NotAuthorized) if !v5 => None,
+                    Err(refusal) => {
+                        // the flow ends here (5.0: PUBREC >= 0x80, a later PUBREL gets
+                        // PUBCOMP 0x92; 3.x: closed, and a resend must be asked about anew)
+                        if let Ok(mut st) = self.entry.lock_owned(self.conn) {
+                            st.session.on_pubrel(id);
+                        }
+                        if !v5 {
+                            return Ok(Some(Exit::RateTooHigh));
+                        }
+                        return self.ack_after(None, Outbound::PubRec(id, refusal.reason_code())).await;
+                    }
                 };
                 self.ack_after(ack, Outbound::PubRec(id, 0)).await
             }
             _ => Err(ProtocolError::MalformedPacket),
+        }
+    }
+
+    /// Asks the authenticator whether this client may publish `message`, and counts it
+    /// as received or refused.
+    fn authorize(&self, message: &Message) -> Result<(), PublishRefusal> {
+        let stats = &self.shared.stats;
+        match self.shared.auth.authorize_publish(self.principal, message) {
+            Ok(()) => {
+                Stats::add(&stats.messages_received, 1);
+                Ok(())
+            }
+            Err(refusal) => {
+                Stats::add(&stats.messages_refused, 1);
+                debug!(client_id = %self.client_id, topic = %message.topic, ?refusal, "PUBLISH refused");
+                Err(refusal)
+            }
         }
     }
 
@@ -702,6 +837,11 @@ impl Connection<'_> {
             };
             if shared.is_some() && options.no_local {
                 return Err(ProtocolError::SharedNoLocal); // [MQTT-3.8.3-4]
+            }
+            if !self.shared.auth.authorize_subscribe(self.principal, filter.as_str()) {
+                debug!(client_id = %self.client_id, filter = %filter.as_str(), "SUBSCRIBE refused");
+                codes.push(SubAckCode::NotAuthorized);
+                continue;
             }
             match self.entry.lock_owned(self.conn) {
                 Ok(mut st) => st.subscriptions.insert(filter.clone(), options),
@@ -853,4 +993,32 @@ async fn write_loop<W: WriteHalf>(mut w: Writer<W>) {
         }
     }
     let _ = w.write.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_sent_as_their_connack_codes() {
+        let refusals =
+            [Refusal::BadCredentials, Refusal::NotAuthorized, Refusal::ConnectionRate, Refusal::Unavailable];
+        for refusal in refusals {
+            for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+                let connack = Outbound::ConnAck {
+                    session_present: false,
+                    code: refusal_code(refusal),
+                    assigned_client_id: None,
+                    server_keep_alive: None,
+                    receive_maximum: 1,
+                    maximum_packet_size: 0,
+                    topic_alias_maximum: 0,
+                };
+                let mut buf = BytesMut::new();
+                Encoder::new(version, 0).encode(connack, &mut buf).unwrap();
+                // fixed header, one-byte remaining length, flags, then the code
+                assert_eq!(buf[3], refusal.connack_code(version.is_v5()), "{refusal:?} over {version:?}");
+            }
+        }
+    }
 }

@@ -1,6 +1,7 @@
-//! telehub's MQTT server: accepts connections, runs each client's session, routes
-//! PUBLISHes to subscribers, keeps retained messages and persistent sessions, and offers
-//! every accepted message to the hub through [`IngestHook`].
+//! telehub's MQTT server: accepts connections, has an [`Authenticator`] decide who may
+//! connect, publish and subscribe, runs each client's session, routes PUBLISHes to
+//! subscribers, keeps retained messages and persistent sessions, and offers every
+//! accepted message to the hub through [`IngestHook`].
 //!
 //! # Layout
 //!
@@ -11,16 +12,24 @@
 //!   task per connection, which does its transport's handshakes.
 //! * `tls`: certificate, key and client CA from PEM files; reload on SIGHUP or change.
 //! * `ws`: the WebSocket upgrade (`/mqtt`, subprotocol `mqtt`) and its byte stream.
-//! * `connection`: one client: CONNECT handshake, reader loop, writer task, keep-alive.
+//! * [`auth`]: [`Authenticator`], who may connect, publish and subscribe, asked on every
+//!   new socket (`accept`, in `listener`), at CONNECT (`authenticate`, and the will as a
+//!   PUBLISH), on every PUBLISH and on every SUBSCRIBE filter (in `connection`);
+//!   [`AllowAll`] without one ([`Broker::set_authenticator`]).
+//! * [`control`]: [`Control`], the live connections by [`Principal`]
+//!   ([`Control::disconnect_where`] when a device or credential goes away).
+//! * `connection`: one client: CONNECT handshake and authentication, reader loop, writer
+//!   task, keep-alive.
 //! * `router`: the subscription trie and retained messages; fan-out.
 //! * `sessions`: persistent sessions by client id, takeover, expiry, wills.
 //! * [`hook`]: [`IngestHook`], how the hub sees every accepted message.
-//! * [`stats`]: [`Stats`], counters of connections, messages and drops.
+//! * [`stats`]: [`Stats`], counters of connections, messages, drops and refusals.
 //! * `sys`: the `$SYS/broker/...` topics, published from [`Stats`].
 
 pub mod auth;
 pub mod config;
 mod connection;
+pub mod control;
 pub mod hook;
 mod listener;
 mod router;
@@ -39,6 +48,7 @@ use tokio_util::task::TaskTracker;
 
 pub use auth::{AllowAll, Authenticator, ConnectInfo, Principal, PublishRefusal, Refusal, TransportKind};
 pub use config::Config;
+pub use control::Control;
 pub use hook::{IngestAck, IngestError, IngestHook};
 pub use stats::Stats;
 pub use tls::TlsError;
@@ -86,6 +96,10 @@ pub(crate) struct Shared {
     pub(crate) router: router::Router,
     pub(crate) sessions: sessions::Sessions,
     pub(crate) hook: Option<Arc<dyn IngestHook>>,
+    /// Who may connect, publish and subscribe.
+    pub(crate) auth: auth::SharedAuthenticator,
+    /// The connections past CONNACK, for [`Control`].
+    pub(crate) live: Arc<control::Live>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) tasks: TaskTracker,
     /// Cancelled when the broker stops: ends tasks that outlive connections
@@ -147,6 +161,8 @@ impl Broker {
             router: router::Router::default(),
             sessions: sessions::Sessions::default(),
             hook,
+            auth: Arc::new(AllowAll),
+            live: Arc::new(control::Live::default()),
             stats: Arc::new(Stats::default()),
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
@@ -165,6 +181,22 @@ impl Broker {
     /// The addresses of every listener.
     pub fn addrs(&self) -> Addrs {
         self.addrs
+    }
+
+    /// Makes `auth` decide who may connect, publish and subscribe, instead of
+    /// [`AllowAll`]. Call before [`Broker::run`].
+    pub fn set_authenticator(&mut self, auth: Arc<dyn Authenticator>) {
+        // nothing holds `shared` but `self` until `run`, which consumes `self`
+        match Arc::get_mut(&mut self.shared) {
+            Some(shared) => shared.auth = auth,
+            None => unreachable!("the broker's shared state is only shared once it runs"),
+        }
+    }
+
+    /// A handle on the broker's live connections ([`Control::disconnect_where`]),
+    /// valid before, while and after the broker runs.
+    pub fn control(&self) -> Control {
+        Control { live: Arc::clone(&self.shared.live) }
     }
 
     /// The broker's counters, readable while it runs.

@@ -13,6 +13,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::auth::TransportKind;
+use crate::connection::Peer;
+use crate::stats::Stats;
 use crate::tls::Tls;
 use crate::{BindError, Shared, connection, ws};
 
@@ -30,6 +33,16 @@ pub(crate) enum Transport {
 }
 
 impl Transport {
+    /// Its kind, as the authenticator sees it.
+    fn kind(&self) -> TransportKind {
+        match self {
+            Self::Tcp => TransportKind::Tcp,
+            Self::Tls(_) => TransportKind::Tls,
+            Self::Ws => TransportKind::Ws,
+            Self::Wss(_) => TransportKind::Wss,
+        }
+    }
+
     /// What it is called in error messages.
     fn name(&self) -> &'static str {
         match self {
@@ -74,7 +87,8 @@ impl Listener {
 }
 
 /// Accepts until `shutdown` is cancelled. Accept errors (e.g. out of file descriptors)
-/// are logged and retried after a short pause instead of ending the listener.
+/// are logged and retried after a short pause instead of ending the listener. A socket
+/// the authenticator does not `accept` is closed at once, before any handshake.
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: Listener, shutdown: CancellationToken) {
     loop {
         let accepted = tokio::select! {
@@ -83,6 +97,12 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: Listener, shutdow
         };
         match accepted {
             Ok((stream, peer)) => {
+                if !shared.auth.accept(peer) {
+                    Stats::add(&shared.stats.connections_refused, 1);
+                    debug!(%peer, transport = %listener.transport, "connection refused by the authenticator");
+                    drop(stream);
+                    continue;
+                }
                 // NODELAY keeps latency low; the writer already coalesces packets into
                 // one write per wake-up, so Nagle would only add delay.
                 let _ = stream.set_nodelay(true);
@@ -127,22 +147,33 @@ async fn open(
             }
         };
     }
+    let mut client = Peer { addr: peer, transport: transport.kind(), cert_sha256: None };
     match &transport {
-        Transport::Tcp => connection::serve(shared, stream.into_split(), peer, deadline, cancel).await,
+        Transport::Tcp => connection::serve(shared, stream.into_split(), client, deadline, cancel).await,
         Transport::Tls(tls) => {
             let stream = handshake!("TLS", tls.acceptor().accept(stream));
-            connection::serve(shared, tokio::io::split(stream), peer, deadline, cancel).await;
+            client.cert_sha256 = cert_sha256(&stream);
+            connection::serve(shared, tokio::io::split(stream), client, deadline, cancel).await;
         }
         Transport::Ws => {
             let stream = handshake!("WebSocket", ws::accept(stream, max_message));
-            connection::serve(shared, tokio::io::split(stream), peer, deadline, cancel).await;
+            connection::serve(shared, tokio::io::split(stream), client, deadline, cancel).await;
         }
         Transport::Wss(tls) => {
             let stream = handshake!("TLS", tls.acceptor().accept(stream));
+            client.cert_sha256 = cert_sha256(&stream);
             let stream = handshake!("WebSocket", ws::accept(stream, max_message));
-            connection::serve(shared, tokio::io::split(stream), peer, deadline, cancel).await;
+            connection::serve(shared, tokio::io::split(stream), client, deadline, cancel).await;
         }
     }
+}
+
+/// SHA-256 of the DER of the client's certificate (the first of the chain it sent,
+/// which the handshake verified against the client CA), if it sent one.
+fn cert_sha256(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<[u8; 32]> {
+    let cert = stream.get_ref().1.peer_certificates()?.first()?;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.as_ref());
+    digest.as_ref().try_into().ok()
 }
 
 /// Runs one handshake step until `deadline`, or until `cancel`.

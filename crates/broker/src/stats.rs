@@ -14,6 +14,9 @@ pub struct Stats {
     pub(crate) messages_dropped: AtomicU64,
     pub(crate) messages_expired: AtomicU64,
     pub(crate) protocol_errors: AtomicU64,
+    pub(crate) connections_refused: AtomicU64,
+    pub(crate) auth_failures: AtomicU64,
+    pub(crate) messages_refused: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -37,6 +40,17 @@ pub struct StatsSnapshot {
     pub messages_expired: u64,
     /// Connections closed for breaking the protocol.
     pub protocol_errors: u64,
+    /// Sockets closed before any handshake because [`Authenticator::accept`] said no.
+    ///
+    /// [`Authenticator::accept`]: crate::Authenticator::accept
+    pub connections_refused: u64,
+    /// CONNECTs refused by the [`Authenticator`](crate::Authenticator): bad credentials,
+    /// not authorized, connection rate, registry unavailable or too slow, or a will the
+    /// client may not publish.
+    pub auth_failures: u64,
+    /// PUBLISH packets the [`Authenticator`](crate::Authenticator) refused: never
+    /// routed, retained or offered to the ingest hook.
+    pub messages_refused: u64,
 }
 
 impl Stats {
@@ -53,6 +67,9 @@ impl Stats {
             messages_dropped: get(&self.messages_dropped),
             messages_expired: get(&self.messages_expired),
             protocol_errors: get(&self.protocol_errors),
+            connections_refused: get(&self.connections_refused),
+            auth_failures: get(&self.auth_failures),
+            messages_refused: get(&self.messages_refused),
         }
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use telehub_broker::{Addrs, Broker, Config, IngestHook, Stats};
+use telehub_broker::{Addrs, Authenticator, Broker, Config, Control, IngestHook, Stats};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,6 +23,7 @@ pub struct TestBroker {
     addr: SocketAddr,
     addrs: Addrs,
     stats: Arc<Stats>,
+    control: Control,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     /// Numbers the clients of [`TestBroker::assert_serving`].
@@ -37,12 +38,18 @@ impl TestBroker {
 
     /// A broker with `config`; its `listen` address is replaced by `127.0.0.1:0`.
     pub async fn start_with(config: Config) -> Self {
-        Self::bind_and_run(config, None).await
+        Self::bind_and_run(config, None, None).await
     }
 
     /// A broker with `config` that offers every accepted message to `hook`.
     pub async fn start_with_hook(config: Config, hook: Arc<dyn IngestHook>) -> Self {
-        Self::bind_and_run(config, Some(hook)).await
+        Self::bind_and_run(config, Some(hook), None).await
+    }
+
+    /// A broker with `config` that asks `auth` who may connect, publish and subscribe
+    /// ([`Broker::set_authenticator`]).
+    pub async fn start_with_auth(config: Config, auth: Arc<dyn Authenticator>) -> Self {
+        Self::bind_and_run(config, None, Some(auth)).await
     }
 
     /// The defaults of [`Config`], listening on `127.0.0.1:0`, accepting anonymous
@@ -57,20 +64,28 @@ impl TestBroker {
         }
     }
 
-    async fn bind_and_run(mut config: Config, hook: Option<Arc<dyn IngestHook>>) -> Self {
+    async fn bind_and_run(
+        mut config: Config,
+        hook: Option<Arc<dyn IngestHook>>,
+        auth: Option<Arc<dyn Authenticator>>,
+    ) -> Self {
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        let broker = match Broker::bind(config, hook).await {
+        let mut broker = match Broker::bind(config, hook).await {
             Ok(b) => b,
             Err(e) => panic!("test broker cannot bind 127.0.0.1:0: {e}"),
         };
+        if let Some(auth) = auth {
+            broker.set_authenticator(auth);
+        }
         let addr = broker.local_addr();
         let addrs = broker.addrs();
         let stats = broker.stats();
+        let control = broker.control();
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(broker.run(shutdown.clone()));
         tasks.close();
-        Self { addr, addrs, stats, shutdown, tasks, probes: AtomicU64::new(0) }
+        Self { addr, addrs, stats, control, shutdown, tasks, probes: AtomicU64::new(0) }
     }
 
     /// The address clients connect to.
@@ -87,6 +102,11 @@ impl TestBroker {
     /// The broker's live counters (`stats().snapshot()`).
     pub fn stats(&self) -> Arc<Stats> {
         Arc::clone(&self.stats)
+    }
+
+    /// The broker's [`Control`] handle on its live connections.
+    pub fn control(&self) -> Control {
+        self.control.clone()
     }
 
     /// A TCP connection to the broker; nothing sent yet.

@@ -86,6 +86,8 @@ pub struct Connect {
     keep_alive: u16,
     will: Option<Will>,
     session_expiry: Option<u32>,
+    username: Option<String>,
+    password: Option<Vec<u8>>,
 }
 
 impl Connect {
@@ -107,6 +109,8 @@ impl Connect {
             keep_alive: 60,
             will: None,
             session_expiry: None,
+            username: None,
+            password: None,
         }
     }
 
@@ -148,11 +152,31 @@ impl Connect {
         self
     }
 
+    /// User Name (flag 0x80).
+    #[must_use]
+    pub fn username(mut self, username: &str) -> Self {
+        self.username = Some(username.to_owned());
+        self
+    }
+
+    /// Password (flag 0x40).
+    #[must_use]
+    pub fn password(mut self, password: &[u8]) -> Self {
+        self.password = Some(password.to_vec());
+        self
+    }
+
     /// The packet's bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut flags = 0u8;
         if self.clean {
             flags |= 0x02;
+        }
+        if self.username.is_some() {
+            flags |= 0x80;
+        }
+        if self.password.is_some() {
+            flags |= 0x40;
         }
         if let Some(w) = &self.will {
             flags |= 0x04 | (w.qos << 3);
@@ -181,6 +205,12 @@ impl Connect {
             }
             string(w.topic.as_bytes(), &mut body);
             string(&w.payload, &mut body);
+        }
+        if let Some(username) = &self.username {
+            string(username.as_bytes(), &mut body);
+        }
+        if let Some(password) = &self.password {
+            string(password, &mut body);
         }
         frame(0x10, &body)
     }
