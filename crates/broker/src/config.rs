@@ -34,8 +34,6 @@ impl From<QueueFull> for OverflowPolicy {
 pub struct Config {
     /// Address of the MQTT/TCP listener.
     pub listen: SocketAddr,
-    /// Accept clients without credentials.
-    pub allow_anonymous: bool,
     /// Largest packet accepted from a client, in bytes (remaining length).
     pub max_packet_size: u32,
     /// Largest keep-alive a client may ask for; MQTT 5 clients are told this value in
@@ -136,7 +134,6 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
-            allow_anonymous: false,
             max_packet_size: 1024 * 1024,
             max_keep_alive: Duration::from_secs(65_535),
             connect_timeout: Duration::from_secs(10),

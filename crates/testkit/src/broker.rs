@@ -58,7 +58,6 @@ impl TestBroker {
     pub fn config() -> Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            allow_anonymous: true,
             sys_interval: Duration::ZERO,
             ..Config::default()
         }

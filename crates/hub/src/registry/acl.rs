@@ -2,8 +2,6 @@
 //! `devices/{id}/…` and the topics the ingest mappings attribute to it), then ACL rules
 //! with `{device}` and `{tag:NAME}` placeholders. Matching allocates nothing.
 
-use std::collections::BTreeMap;
-
 use telehub_core::TopicFilter;
 
 use super::model::{AclRuleSpec, Action, Device, Effect};
@@ -288,7 +286,7 @@ pub(crate) fn test_device(id: &str, tags: &[(&str, &str)]) -> Device {
     Device {
         id: telehub_core::DeviceId::new(id).unwrap(),
         name: None,
-        tags: tags.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<BTreeMap<_, _>>(),
+        tags: tags.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         allowed_ips: Vec::new(),
         created_at: 0,
         updated_at: 0,
@@ -297,6 +295,8 @@ pub(crate) fn test_device(id: &str, tags: &[(&str, &str)]) -> Device {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn default_lanes() -> Lanes {

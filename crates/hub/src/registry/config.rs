@@ -59,7 +59,7 @@ pub struct RateConfig {
     /// Burst of `connections_per_ip`.
     pub connections_burst: u32,
     /// Messages one device may publish per second, MQTT and HTTP ingest together
-    /// (MQTT 5: PUBACK 0x96; 3.1.1: disconnect; HTTP: 429).
+    /// (MQTT 5: PUBACK/PUBREC 0x97 Quota exceeded, as PUBACK cannot carry 0x96; 3.1.1: disconnect; HTTP: 429).
     pub messages_per_device: u32,
     /// Burst of `messages_per_device`.
     pub messages_burst: u32,

@@ -135,7 +135,7 @@ pub(crate) fn verify<'k>(
     let mut validation = Validation::new(header.alg);
     validation.validate_exp = false;
     validation.validate_nbf = false;
-    validation.required_spec_claims.clear();
+    validation.set_required_spec_claims(&["aud"]);
     validation.set_audience(&[&rules.audience]);
     let mut refused = JwtError::Signature;
     let mut verified = None;

@@ -291,6 +291,9 @@ struct Presence {
     last_seen: Option<i64>,
 }
 
+/// What ends revoked connections ([`Registry::on_revoke`]).
+type RevokeHook = Box<dyn Fn(&Revoked) + Send + Sync>;
+
 struct Inner<S> {
     store: Arc<S>,
     config: AuthConfig,
@@ -307,7 +310,7 @@ struct Inner<S> {
     audit_tx: mpsc::Sender<AuditEvent>,
     audit_rx: Mutex<Option<mpsc::Receiver<AuditEvent>>>,
     audit_dropped: AtomicU64,
-    revoke: OnceLock<Box<dyn Fn(&Revoked) + Send + Sync>>,
+    revoke: OnceLock<RevokeHook>,
     reload_tokens: Notify,
 }
 
@@ -417,10 +420,10 @@ impl<S: RegistryStore> Registry<S> {
     /// Queues an audit event for the writer; never waits. A full queue drops the event
     /// and counts it ([`Registry::audit_dropped`]).
     pub fn audit(&self, event: AuditEvent) {
-        if self.inner.audit_tx.try_send(event).is_err() {
-            if self.inner.audit_dropped.fetch_add(1, Ordering::Relaxed) == 0 {
-                warn!("the audit log cannot keep up: events are being dropped (counted in audit_dropped)");
-            }
+        if self.inner.audit_tx.try_send(event).is_err()
+            && self.inner.audit_dropped.fetch_add(1, Ordering::Relaxed) == 0
+        {
+            warn!("the audit log cannot keep up: events are being dropped (counted in audit_dropped)");
         }
     }
 
@@ -1487,7 +1490,7 @@ impl<S: RegistryStore> Registry<S> {
             }
             ticks += 1;
             self.flush_audit().await;
-            if ticks % 60 == 0 {
+            if ticks.is_multiple_of(60) {
                 self.save_last_used().await;
                 self.inner.limits.tidy();
             }
