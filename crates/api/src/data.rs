@@ -3,25 +3,31 @@
 //! `200 {"status": "success"}`; a bad body → `400 {"error": "<what was wrong>"}` (and the
 //! other errors in the same shape). The body is mapped like an MQTT `sensor/data` message:
 //! `device_id` names the device, `ts` and `msg_id` are optional.
+//!
+//! The caller is a device (its token or JWT, `X-API-Key`), an admin token with `write`,
+//! or anonymous when `allow_anonymous`: see `auth`.
 
 use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};
 use telehub_hub::ingest::FieldRules;
 use telehub_hub::ingest::mapping::{self, MapError};
-use telehub_store::TelemetryStore;
+use telehub_store::{RegistryStore, TelemetryStore};
 
 use crate::AppState;
+use crate::auth::{IngestCall, count_by_device};
 use crate::error::{ApiError, Tutorial};
 use crate::extract::Body;
 
 /// The payload field naming the device.
 const DEVICE_FIELD: &str = "device_id";
 
-pub(crate) async fn post<S: TelemetryStore>(
+pub(crate) async fn post<S: TelemetryStore + RegistryStore>(
     State(state): State<AppState<S>>,
+    caller: Result<IngestCall, ApiError>,
     body: Result<Body, ApiError>,
 ) -> Result<Json<Value>, Tutorial> {
+    let caller = caller.map_err(Tutorial)?;
     let body = body.map_err(Tutorial)?;
     let bad = |e: MapError| Tutorial(ApiError::BadBody(e.to_string()));
     let object = mapping::parse_object(&body.bytes).map_err(bad)?;
@@ -34,6 +40,10 @@ pub(crate) async fn post<S: TelemetryStore>(
         state.ingest.arrival(),
     )
     .map_err(bad)?;
-    state.ingest.try_ingest(vec![record]).await.map_err(|e| Tutorial(e.into()))?;
+    let records = vec![record];
+    let devices = count_by_device(&records);
+    caller.authorize(&state.registry, &devices).map_err(Tutorial)?;
+    state.ingest.try_ingest(records).await.map_err(|e| Tutorial(e.into()))?;
+    caller.seen(&state.registry, &devices);
     Ok(Json(json!({ "status": "success" })))
 }

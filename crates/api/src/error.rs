@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use telehub_core::DeviceId;
 use telehub_hub::ingest::IngestError;
+use telehub_hub::registry::{AdminRefusal, RegistryError};
 use telehub_store::StoreError;
 
 /// A request that cannot be answered with what it asked for.
@@ -24,6 +25,26 @@ pub(crate) enum ApiError {
     /// No device with this id has sent anything.
     #[error("no device {0} has sent telemetry")]
     UnknownDevice(DeviceId),
+    /// No such device, credential, rule or token; the message names it.
+    #[error("{0}")]
+    NotFound(String),
+    /// It exists already; the message says what.
+    #[error("{0}")]
+    Conflict(String),
+    /// No credentials, or credentials that are not valid; the message says which kind
+    /// were expected.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Valid credentials that do not allow this request; the message says why.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The caller (admin token, device or address) sends requests or messages faster
+    /// than its limit.
+    #[error("too many requests: retry after {} s", retry_after_secs(*.retry_after))]
+    RateLimited {
+        /// How long to wait.
+        retry_after: Duration,
+    },
     /// No such route.
     #[error("no such resource")]
     NoRoute,
@@ -52,9 +73,12 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             Self::BadBody(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::UnknownDevice(_) | Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::UnknownDevice(_) | Self::NotFound(_) | Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::QueueFull { .. } | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -63,9 +87,22 @@ impl ApiError {
     /// `Retry-After` for the answers that have one.
     fn retry_after(&self) -> Option<HeaderValue> {
         match self {
-            Self::QueueFull { retry_after } => Some(HeaderValue::from(retry_after_secs(*retry_after))),
+            Self::QueueFull { retry_after } | Self::RateLimited { retry_after } => {
+                Some(HeaderValue::from(retry_after_secs(*retry_after)))
+            }
             Self::Unavailable(_) => Some(HeaderValue::from_static("5")),
             _ => None,
+        }
+    }
+
+    /// The headers every answer of this error carries besides its body: `Retry-After`,
+    /// and `WWW-Authenticate` on a 401 (RFC 6750: the API takes bearer tokens).
+    fn insert_headers(&self, headers: &mut axum::http::HeaderMap) {
+        if let Some(retry) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, retry);
+        }
+        if let Self::Unauthorized(_) = self {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"telehub\""));
         }
     }
 
@@ -109,6 +146,27 @@ impl From<IngestError> for ApiError {
     }
 }
 
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::NotFound { .. } => Self::NotFound(e.to_string()),
+            RegistryError::Conflict(message) => Self::Conflict(message),
+            RegistryError::Invalid(message) => Self::BadBody(message),
+            // whatever the store's trouble, the registry's change did not happen: retry
+            RegistryError::Store(e) => Self::Unavailable(Some(Arc::new(e))),
+        }
+    }
+}
+
+impl From<AdminRefusal> for ApiError {
+    fn from(e: AdminRefusal) -> Self {
+        match e {
+            AdminRefusal::Missing | AdminRefusal::Invalid => Self::Unauthorized(e.to_string()),
+            AdminRefusal::Forbidden { .. } => Self::Forbidden(e.to_string()),
+        }
+    }
+}
+
 /// The problem details body (RFC 9457).
 #[derive(Serialize)]
 struct Problem {
@@ -132,9 +190,7 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(problem)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-        if let Some(retry) = self.retry_after() {
-            headers.insert(header::RETRY_AFTER, retry);
-        }
+        self.insert_headers(headers);
         response
     }
 }
@@ -152,9 +208,7 @@ impl IntoResponse for Tutorial {
         let error = self.0;
         error.log();
         let mut response = (error.status(), Json(Body { error: error.to_string() })).into_response();
-        if let Some(retry) = error.retry_after() {
-            response.headers_mut().insert(header::RETRY_AFTER, retry);
-        }
+        error.insert_headers(response.headers_mut());
         response
     }
 }

@@ -77,3 +77,55 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
             .map_err(|e| ApiError::BadRequest(e.body_text()))
     }
 }
+
+/// Path parameters as `T` (e.g. `(String, String)` for a device and a credential id).
+pub(crate) struct PathParams<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(t)| Self(t))
+            .map_err(|e| ApiError::BadRequest(format!("in the path: {}", e.body_text())))
+    }
+}
+
+/// A device id from a path parameter, validated.
+pub(crate) fn device_id(id: &str) -> Result<DeviceId, ApiError> {
+    DeviceId::new(id).map_err(|e| ApiError::BadRequest(format!("invalid device id {id:?}: {e}")))
+}
+
+/// The body as JSON of type `T`; a 400 saying what is wrong and where otherwise.
+///
+/// An `expires_at` field may be an RFC 3339 string or Unix milliseconds; it reaches `T`
+/// as Unix milliseconds.
+pub(crate) fn json<T: DeserializeOwned>(body: &Body) -> Result<T, ApiError> {
+    if body.bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadBody("the body is empty: send a JSON object".into()));
+    }
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&body.bytes).map_err(|e| ApiError::BadBody(format!("invalid JSON: {e}")))?;
+    if let Some(expires) = value.get_mut("expires_at").filter(|v| !v.is_null()) {
+        let ts = telehub_hub::timestamp::from_json(expires)
+            .map_err(|e| ApiError::BadBody(format!("`expires_at`: {e}")))?;
+        *expires = serde_json::Value::from(ts.0);
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::BadBody(format!("invalid body: {e}")))
+}
+
+/// `text` as one URL path segment: everything but unreserved characters
+/// (RFC 3986) percent-encoded.
+pub(crate) fn path_segment(text: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}

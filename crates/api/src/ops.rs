@@ -10,9 +10,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use telehub_core::DeviceId;
-use telehub_store::TelemetryStore;
+use telehub_store::{RegistryStore, TelemetryStore};
 
 use crate::AppState;
+use crate::auth::Who;
 use crate::error::ApiError;
 
 /// How long the store has to answer the readiness probe.
@@ -40,7 +41,9 @@ pub(crate) async fn readyz<S: TelemetryStore>(
 /// `GET /metrics`: ingest and broker counters and limits in the Prometheus text format
 /// (version 0.0.4). Every limit that can refuse or delay work is exported beside the
 /// counter of what it refused.
-pub(crate) async fn metrics<S: TelemetryStore>(State(state): State<AppState<S>>) -> impl IntoResponse {
+pub(crate) async fn metrics<S: TelemetryStore + RegistryStore>(
+    State(state): State<AppState<S>>,
+) -> impl IntoResponse {
     use std::fmt::Write as _;
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
@@ -75,6 +78,12 @@ pub(crate) async fn metrics<S: TelemetryStore>(State(state): State<AppState<S>>)
         "gauge",
         "Ingest queue limit, in records.",
         state.ingest.capacity() as u64,
+    );
+    metric(
+        "telehub_audit_dropped_total",
+        "counter",
+        "Audit events dropped: audit queue full.",
+        state.registry.audit_dropped(),
     );
     if let Some(b) = state.broker.get() {
         let b = b.snapshot();
@@ -121,15 +130,19 @@ pub(crate) async fn metrics<S: TelemetryStore>(State(state): State<AppState<S>>)
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
-/// The request log: one `debug` line per request (per-request events are not `info`).
+/// The request log: one `debug` line per request (per-request events are not `info`),
+/// naming the authenticated principal (`token:{id}`, `device:{id}`, `anonymous`, or `-`
+/// on open routes) that `auth::guard` put in the response.
 pub(crate) async fn log_request(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let started = tokio::time::Instant::now();
     let response = next.run(request).await;
+    let who = response.extensions().get::<Who>().map_or("-", |w| w.0.as_str());
     tracing::debug!(
         %method,
         path,
+        who,
         status = response.status().as_u16(),
         micros = started.elapsed().as_micros() as u64,
         "http request"

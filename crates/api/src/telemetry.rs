@@ -1,4 +1,5 @@
-//! `/api/v1/devices/{id}/telemetry`: `POST` stores one JSON object, an array of objects or
+//! `/api/v1/devices/{id}/telemetry`: `POST` (device credentials or an admin token with
+//! `write`, see `auth`) stores one JSON object, an array of objects or
 //! NDJSON (`Content-Type: application/x-ndjson`), each with an optional `ts` (RFC 3339 or
 //! Unix ms) and `msg_id`, and answers once committed; `GET` answers raw points (paged by
 //! `limit` and the `after` cursor) or, with `step`, time buckets of `agg` functions, as
@@ -30,10 +31,12 @@ use telehub_hub::ingest::FieldRules;
 use telehub_hub::ingest::mapping::{self, MapError};
 use telehub_hub::timestamp::{self, Arrival, to_rfc3339};
 use telehub_store::{
-    Agg, AggregateQuery, Cursor, Metric, PointsQuery, Record, Resolution, TelemetryStore, Timestamp,
+    Agg, AggregateQuery, Cursor, Metric, PointsQuery, Record, RegistryStore, Resolution, TelemetryStore,
+    Timestamp,
 };
 
 use crate::AppState;
+use crate::auth::{IngestCall, count_by_device};
 use crate::error::ApiError;
 use crate::extract::{Body, DevicePath, Params};
 
@@ -52,13 +55,20 @@ pub(crate) struct Stored {
     points: usize,
 }
 
-pub(crate) async fn post<S: TelemetryStore>(
+pub(crate) async fn post<S: TelemetryStore + RegistryStore>(
     State(state): State<AppState<S>>,
+    caller: IngestCall,
     DevicePath(device): DevicePath,
     body: Body,
 ) -> Result<Json<Stored>, ApiError> {
+    // refused before the body is parsed: what is wrong with a body sent for another
+    // device is none of the sender's business
+    caller.permit(&state.registry, &device)?;
     let records = records_of(&device, &body, state.ingest.arrival())?;
+    let devices = count_by_device(&records);
+    caller.authorize(&state.registry, &devices)?;
     let receipt = state.ingest.try_ingest(records).await?;
+    caller.seen(&state.registry, &devices);
     Ok(Json(Stored { records: receipt.records, points: receipt.points }))
 }
 

@@ -1,7 +1,8 @@
 //! The HTTP API against a real SQLite store in a temp dir, through the router as axum
 //! serves it (`tower::ServiceExt::oneshot`): the tutorial's `POST /data`, ingest in all
 //! three body shapes, every malformed body's 400/413 answer, 404/429/503, raw paging,
-//! aggregates with known values and CSV.
+//! aggregates with known values and CSV. Requests carry an admin token (scope `admin`)
+//! made with the registry's API; `security_api.rs` covers who may do what.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use serde_json::{Value, json};
 use telehub_api::Config;
 use telehub_hub::ingest::{self, Ingest};
+use telehub_hub::registry::{Actor, AuthConfig, Registry, Scope};
 use telehub_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,6 +22,8 @@ use tower::ServiceExt as _;
 struct Api {
     router: Router,
     ingest: Ingest,
+    /// `Authorization` of every request: an admin token.
+    auth: String,
     stop: CancellationToken,
     tasks: TaskTracker,
     /// Kept, not run, when the test wants a queue that never drains.
@@ -80,21 +84,28 @@ impl Api {
     async fn start_with(config: Config, ingest_config: ingest::Config, run_writer: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&telehub_store::Config::default(), dir.path()).await.unwrap());
+        let mappings = ingest_config.mappings.clone();
         let (ingest, writer) = Ingest::new(ingest_config, store.clone());
+        let registry = Registry::open(store.clone(), AuthConfig::default(), mappings).await.unwrap();
+        let (_, token) =
+            registry.create_token(&Actor::system(), "tests".into(), vec![Scope::Admin], None).await.unwrap();
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
+        tasks.spawn(registry.clone().run(stop.clone()));
         let idle_writer = if run_writer {
             tasks.spawn(writer.run(stop.clone()));
             None
         } else {
             Some(writer)
         };
-        let router = telehub_api::router(config, store, ingest.clone());
-        Self { router, ingest, stop, tasks, _idle_writer: idle_writer, _dir: dir }
+        let router = telehub_api::router(config, store, ingest.clone(), registry);
+        let auth = format!("Bearer {token}");
+        Self { router, ingest, auth, stop, tasks, _idle_writer: idle_writer, _dir: dir }
     }
 
     async fn call(&self, method: Method, uri: &str, content_type: Option<&str>, body: Body) -> Answer {
-        let mut request = Request::builder().method(method).uri(uri);
+        let mut request =
+            Request::builder().method(method).uri(uri).header(header::AUTHORIZATION, self.auth.as_str());
         if let Some(ct) = content_type {
             request = request.header(header::CONTENT_TYPE, ct);
         }
@@ -191,6 +202,7 @@ async fn oversized_bodies_get_413_declared_or_streamed() {
     // declared with Content-Length: refused before reading
     let request = |uri: &str| {
         Request::post(uri)
+            .header(header::AUTHORIZATION, api.auth.as_str())
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::CONTENT_LENGTH, big.len())
             .body(Body::from(big.clone()))
@@ -444,6 +456,7 @@ async fn full_ingest_queue_gets_429_with_retry_after_on_both_endpoints() {
     let api = Api::start_with(Config::default(), ingest_config, false).await;
     let first = api.router.clone().oneshot(
         Request::post("/data")
+            .header(header::AUTHORIZATION, api.auth.as_str())
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(json!({"device_id": "a", "v": 1}).to_string()))
             .unwrap(),
