@@ -107,6 +107,18 @@ pub(crate) fn json<T: DeserializeOwned>(body: &Body) -> Result<T, ApiError> {
     }
     let mut value: serde_json::Value =
         serde_json::from_slice(&body.bytes).map_err(|e| ApiError::BadBody(format!("invalid JSON: {e}")))?;
+    // serde would take a struct from an array of its fields too
+    let found = match &value {
+        serde_json::Value::Object(_) => None,
+        serde_json::Value::Array(_) => Some("an array"),
+        serde_json::Value::String(_) => Some("a string"),
+        serde_json::Value::Number(_) => Some("a number"),
+        serde_json::Value::Bool(_) => Some("a boolean"),
+        serde_json::Value::Null => Some("null"),
+    };
+    if let Some(found) = found {
+        return Err(ApiError::BadBody(format!("expected a JSON object, found {found}")));
+    }
     if let Some(expires) = value.get_mut("expires_at").filter(|v| !v.is_null()) {
         let ts = telehub_hub::timestamp::from_json(expires)
             .map_err(|e| ApiError::BadBody(format!("`expires_at`: {e}")))?;
