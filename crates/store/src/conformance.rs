@@ -7,10 +7,14 @@ use std::time::Duration;
 
 use telehub_core::DeviceId;
 
+use crate::commands::{Command, CommandMode, CommandQuery, CommandState, Inserted, NewCommand};
+use crate::outbox::{Delivery, OutboxEntry, OutboxQuery, OutboxStatus, Replay};
 use crate::registry::{AuditEvent, AuditQuery, AuditRow, Change, Entry, Kind};
+use crate::shadow::{Shadow, ShadowConflict};
 use crate::{
-    Agg, AggregateQuery, Config, Cursor, Metric, Point, PointRow, PointsQuery, Record, RegistryStore,
-    Resolution, RetentionPolicy, Store, StoreError, TelemetryStore, Timestamp, WriteSummary,
+    Agg, AggregateQuery, CommandStore, Config, Cursor, Metric, OutboxStore, Point, PointRow, PointsQuery,
+    Record, RegistryStore, Resolution, RetentionPolicy, ShadowStore, Store, StoreError, TelemetryStore,
+    Timestamp, WriteSummary,
 };
 
 /// An hour boundary (2023-11-14T22:00:00Z), so rollup edges are easy to reason about.
@@ -136,6 +140,22 @@ conformance!(
     audit_action_matches_exactly_or_as_a_dotted_prefix,
     audit_paging_with_before_id_returns_every_event_once,
     audit_prune_deletes_older_events_and_ids_keep_increasing,
+    commands_get_sequence_numbers_per_device,
+    command_queue_limit_refuses_and_changes_nothing,
+    latest_wins_supersedes_in_the_same_transaction,
+    pending_commands_include_sent_ones_in_order,
+    command_transitions_are_compare_and_set,
+    concurrent_transitions_and_inserts_race_safely,
+    expiry_moves_open_commands_past_their_ttl,
+    command_list_pages_newest_first_with_filters,
+    commands_survive_reopen_and_prune_keeps_sequences,
+    shadow_versions_and_compare_and_set,
+    concurrent_shadow_writers_one_wins,
+    outbox_due_order_and_lease,
+    outbox_retry_dead_replay_list_and_prune,
+    outbox_and_shadows_survive_reopen_and_close_refuses_writes,
+    nul_characters_in_commands_shadows_and_outbox,
+    registry_keeps_rules_and_webhooks,
 );
 
 fn dev(id: &str) -> DeviceId {
@@ -1050,4 +1070,902 @@ async fn audit_prune_deletes_older_events_and_ids_keep_increasing(h: &mut Harnes
     let after = s.audit_query(audit(100)).await.unwrap();
     assert_eq!(actions(&after), ["after"]);
     assert!(after[0].id > rows[0].id + 1, "id {} reused after {}", after[0].id, rows[0].id);
+}
+
+const NO_LIMIT: usize = 1_000;
+
+fn new_cmd(id: &str, device: &str, mode: CommandMode, key: Option<&str>, at: i64) -> NewCommand {
+    NewCommand {
+        id: id.to_owned(),
+        device: dev(device),
+        mode,
+        key: key.map(str::to_owned),
+        payload: serde_json::json!({"cmd": id}),
+        topic: None,
+        created_at: Timestamp(at),
+        expires_at: None,
+    }
+}
+
+fn queued(id: &str, device: &str, at: i64) -> NewCommand {
+    new_cmd(id, device, CommandMode::Queued, None, at)
+}
+
+fn latest(id: &str, device: &str, key: &str, at: i64) -> NewCommand {
+    new_cmd(id, device, CommandMode::LatestWins, Some(key), at)
+}
+
+/// Inserts `cmd` and returns it as stored; panics unless accepted without superseding.
+async fn accept(store: &Store, cmd: NewCommand) -> Command {
+    match store.command_insert(cmd, NO_LIMIT).await.unwrap() {
+        Inserted::Accepted { command, superseded } => {
+            assert_eq!(superseded, Vec::<String>::new());
+            command
+        }
+        other => panic!("not accepted: {other:?}"),
+    }
+}
+
+async fn get(store: &Store, id: &str) -> Command {
+    store.command_get(id).await.unwrap().unwrap_or_else(|| panic!("no command {id}"))
+}
+
+async fn move_to(store: &Store, id: &str, from: CommandState, to: CommandState, at: i64) -> Command {
+    store.command_transition(id, &[from], to, None, None, Timestamp(at)).await.unwrap().unwrap()
+}
+
+fn ids(commands: &[Command]) -> Vec<&str> {
+    commands.iter().map(|c| c.id.as_str()).collect()
+}
+
+async fn pending_ids(store: &Store, device: &str) -> Vec<String> {
+    store.command_pending(&dev(device), 100).await.unwrap().into_iter().map(|c| c.id).collect()
+}
+
+fn stamps(pairs: &[(CommandState, i64)]) -> std::collections::BTreeMap<CommandState, Timestamp> {
+    pairs.iter().map(|(s, t)| (*s, Timestamp(*t))).collect()
+}
+
+async fn commands_get_sequence_numbers_per_device(h: &mut Harness) {
+    let s = &h.store;
+    assert_eq!(s.command_get("nothing").await.unwrap(), None);
+    let mut full = new_cmd("c-a1", "a", CommandMode::Queued, None, T0);
+    full.payload = serde_json::json!({"led_on": true, "levels": [1, 2.5, null], "name": "☃ \"q\""});
+    full.topic = Some("nl-1/commands".into());
+    full.expires_at = Some(Timestamp(T0 + HOUR));
+    let a1 = accept(s, full.clone()).await;
+    assert_eq!(
+        a1,
+        Command {
+            id: "c-a1".into(),
+            device: dev("a"),
+            seq: 1,
+            mode: CommandMode::Queued,
+            key: None,
+            payload: full.payload.clone(),
+            topic: Some("nl-1/commands".into()),
+            state: CommandState::Queued,
+            created_at: Timestamp(T0),
+            expires_at: Some(Timestamp(T0 + HOUR)),
+            updated_at: Timestamp(T0),
+            timestamps: stamps(&[(CommandState::Queued, T0)]),
+            result: None,
+            reason: None,
+        }
+    );
+    // what the insert returned is what is stored
+    assert_eq!(get(s, "c-a1").await, a1);
+    // sequence numbers count per device, interleaved inserts included
+    let b1 = accept(s, queued("c-b1", "b", T0 + 1)).await;
+    let a2 = accept(s, new_cmd("c-a2", "a", CommandMode::FireAndForget, None, T0 + 2)).await;
+    let a3 = accept(s, latest("c-a3", "a", "heater", T0 + 3)).await;
+    let b2 = accept(s, queued("c-b2", "b", T0 + 4)).await;
+    assert_eq!([a2.seq, a3.seq, b1.seq, b2.seq], [2, 3, 1, 2]);
+    assert_eq!(get(s, "c-a3").await, a3);
+    assert_eq!(get(s, "c-a2").await.mode, CommandMode::FireAndForget);
+    // a second command with an id already used (by any device) changes nothing
+    assert_eq!(s.command_insert(queued("c-a1", "b", T0 + 5), NO_LIMIT).await.unwrap(), Inserted::DuplicateId);
+    assert_eq!(get(s, "c-a1").await, a1);
+    assert_eq!(accept(s, queued("c-b3", "b", T0 + 6)).await.seq, 3);
+}
+
+async fn command_queue_limit_refuses_and_changes_nothing(h: &mut Harness) {
+    let s = &h.store;
+    let limit = 3;
+    for i in 0..3 {
+        let cmd = queued(&format!("q{i}"), "a", T0 + i);
+        assert!(matches!(s.command_insert(cmd, limit).await.unwrap(), Inserted::Accepted { .. }));
+    }
+    let refused = s.command_insert(queued("q3", "a", T0 + 3), limit).await.unwrap();
+    assert_eq!(refused, Inserted::QueueFull { open: 3 });
+    assert_eq!(s.command_get("q3").await.unwrap(), None);
+    // another device has its own queue
+    assert!(matches!(
+        s.command_insert(queued("other", "b", T0), limit).await.unwrap(),
+        Inserted::Accepted { .. }
+    ));
+    // a sent command is still open: still full
+    move_to(s, "q0", CommandState::Queued, CommandState::Sent, T0 + 10).await;
+    assert_eq!(
+        s.command_insert(queued("q3", "a", T0 + 11), limit).await.unwrap(),
+        Inserted::QueueFull { open: 3 }
+    );
+    // delivered is no longer open: room for one, and the refusals took no sequence number
+    move_to(s, "q0", CommandState::Sent, CommandState::Delivered, T0 + 12).await;
+    match s.command_insert(queued("q3", "a", T0 + 13), limit).await.unwrap() {
+        Inserted::Accepted { command, .. } => assert_eq!(command.seq, 4),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        s.command_insert(queued("q4", "a", T0 + 14), limit).await.unwrap(),
+        Inserted::QueueFull { open: 3 }
+    );
+    // a limit of zero refuses everything
+    assert_eq!(s.command_insert(queued("z", "c", T0), 0).await.unwrap(), Inserted::QueueFull { open: 0 });
+    let listed = s
+        .command_list(CommandQuery { device: dev("a"), states: vec![], before_seq: None, limit: 10 })
+        .await
+        .unwrap();
+    assert_eq!(ids(&listed), ["q3", "q2", "q1", "q0"]);
+}
+
+async fn latest_wins_supersedes_in_the_same_transaction(h: &mut Harness) {
+    let s = &h.store;
+    accept(s, latest("h1", "a", "heater", T0)).await;
+    let h2 = s.command_insert(latest("h2", "a", "heater", T0 + 1), NO_LIMIT).await.unwrap();
+    let Inserted::Accepted { command, superseded } = h2 else { panic!("{h2:?}") };
+    assert_eq!((command.seq, superseded), (2, vec!["h1".to_owned()]));
+    move_to(s, "h2", CommandState::Queued, CommandState::Sent, T0 + 2).await;
+    // not superseded: another key, another device, a queued-mode command that happens
+    // to carry the key
+    accept(s, latest("f1", "a", "fan", T0 + 3)).await;
+    accept(s, latest("x1", "b", "heater", T0 + 4)).await;
+    accept(s, new_cmd("q1", "a", CommandMode::Queued, Some("heater"), T0 + 5)).await;
+    // a sent one is still open: superseded too
+    let done = s.command_insert(latest("h0", "a", "heater", T0 + 6), NO_LIMIT).await.unwrap();
+    let Inserted::Accepted { superseded, .. } = done else { panic!("{done:?}") };
+    assert_eq!(superseded, ["h2"]);
+    move_to(s, "h0", CommandState::Queued, CommandState::Delivered, T0 + 7).await;
+
+    for (id, from, at) in [("h1", CommandState::Queued, T0 + 1), ("h2", CommandState::Sent, T0 + 6)] {
+        let c = get(s, id).await;
+        assert_eq!(c.state, CommandState::Cancelled, "{id}");
+        assert_eq!(c.reason.as_deref(), Some("superseded"), "{id}");
+        assert_eq!(c.updated_at, Timestamp(at), "{id}");
+        assert_eq!(c.timestamps.get(&CommandState::Cancelled), Some(&Timestamp(at)), "{id}");
+        assert!(c.timestamps.contains_key(&from), "{id}");
+    }
+    let h3 = s.command_insert(latest("h3", "a", "heater", T0 + 8), NO_LIMIT).await.unwrap();
+    let Inserted::Accepted { command, superseded } = h3 else { panic!("{h3:?}") };
+    // h0 was delivered, not open: nothing to supersede
+    assert_eq!((command.seq, superseded), (6, Vec::<String>::new()));
+    assert_eq!(get(s, "h0").await.state, CommandState::Delivered);
+    assert_eq!(get(s, "q1").await.state, CommandState::Queued);
+    assert_eq!(pending_ids(s, "a").await, ["f1", "q1", "h3"]);
+    assert_eq!(pending_ids(s, "b").await, ["x1"]);
+
+    // at the limit, a latest-wins command that supersedes one frees its own room
+    let open = pending_ids(s, "a").await.len();
+    let h4 = s.command_insert(latest("h4", "a", "heater", T0 + 9), open).await.unwrap();
+    let Inserted::Accepted { superseded, .. } = h4 else { panic!("{h4:?}") };
+    assert_eq!(superseded, ["h3"]);
+    // still full after superseding: refused, and the supersede is rolled back with it
+    let h5 = s.command_insert(latest("h5", "a", "heater", T0 + 10), open - 1).await.unwrap();
+    assert_eq!(h5, Inserted::QueueFull { open: (open - 1) as u64 });
+    let h4 = get(s, "h4").await;
+    assert_eq!((h4.state, h4.reason, h4.timestamps.len()), (CommandState::Queued, None, 1));
+    assert_eq!(s.command_get("h5").await.unwrap(), None);
+    assert_eq!(pending_ids(s, "a").await, ["f1", "q1", "h4"]);
+}
+
+async fn pending_commands_include_sent_ones_in_order(h: &mut Harness) {
+    let s = &h.store;
+    assert_eq!(pending_ids(s, "a").await, Vec::<String>::new());
+    for i in 1..=6 {
+        accept(s, queued(&format!("c{i}"), "a", T0 + i)).await;
+    }
+    accept(s, queued("other", "b", T0)).await;
+    move_to(s, "c1", CommandState::Queued, CommandState::Sent, T0 + 10).await;
+    move_to(s, "c2", CommandState::Queued, CommandState::Sent, T0 + 10).await;
+    move_to(s, "c2", CommandState::Sent, CommandState::Delivered, T0 + 11).await;
+    move_to(s, "c4", CommandState::Queued, CommandState::Sent, T0 + 10).await;
+    move_to(s, "c5", CommandState::Queued, CommandState::Failed, T0 + 10).await;
+    // sequence order, whatever the state order: a reconnect sends c1 and c4 again
+    let pending = s.command_pending(&dev("a"), 100).await.unwrap();
+    assert_eq!(ids(&pending), ["c1", "c3", "c4", "c6"]);
+    assert_eq!(
+        pending.iter().map(|c| c.state).collect::<Vec<_>>(),
+        [CommandState::Sent, CommandState::Queued, CommandState::Sent, CommandState::Queued]
+    );
+    assert_eq!(ids(&s.command_pending(&dev("a"), 2).await.unwrap()), ["c1", "c3"]);
+    assert_eq!(s.command_pending(&dev("a"), 0).await.unwrap(), Vec::new());
+    assert_eq!(pending_ids(s, "nobody").await, Vec::<String>::new());
+}
+
+async fn command_transitions_are_compare_and_set(h: &mut Harness) {
+    let s = &h.store;
+    let c = accept(s, queued("c", "a", T0)).await;
+    let sent = move_to(s, "c", CommandState::Queued, CommandState::Sent, T0 + 1).await;
+    assert_eq!(
+        sent,
+        Command {
+            state: CommandState::Sent,
+            updated_at: Timestamp(T0 + 1),
+            timestamps: stamps(&[(CommandState::Queued, T0), (CommandState::Sent, T0 + 1)]),
+            ..c.clone()
+        }
+    );
+    // from the wrong state: None and nothing changes
+    let again =
+        s.command_transition("c", &[CommandState::Queued], CommandState::Sent, None, None, Timestamp(T0 + 2));
+    assert_eq!(again.await.unwrap(), None);
+    let wrong = s.command_transition(
+        "c",
+        &[CommandState::Delivered, CommandState::Queued],
+        CommandState::Succeeded,
+        Some(serde_json::json!({"ok": true})),
+        Some("done".into()),
+        Timestamp(T0 + 2),
+    );
+    assert_eq!(wrong.await.unwrap(), None);
+    assert_eq!(get(s, "c").await, sent);
+    // unknown id, empty from
+    assert_eq!(
+        s.command_transition("nope", &CommandState::ALL, CommandState::Sent, None, None, Timestamp(T0))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.command_transition("c", &[], CommandState::Failed, None, None, Timestamp(T0)).await.unwrap(),
+        None
+    );
+    // any of several from-states; result and reason are set when given, kept when not
+    let delivered = s
+        .command_transition(
+            "c",
+            &[CommandState::Queued, CommandState::Sent],
+            CommandState::Delivered,
+            Some(serde_json::json!({"progress": 0})),
+            None,
+            Timestamp(T0 + 3),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivered.result, Some(serde_json::json!({"progress": 0})));
+    let done = s
+        .command_transition(
+            "c",
+            &[CommandState::Delivered],
+            CommandState::Rejected,
+            None,
+            Some("busy".into()),
+            Timestamp(T0 + 4),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.state, CommandState::Rejected);
+    assert_eq!(done.result, Some(serde_json::json!({"progress": 0})));
+    assert_eq!(done.reason.as_deref(), Some("busy"));
+    assert_eq!(done.updated_at, Timestamp(T0 + 4));
+    assert_eq!(
+        done.timestamps,
+        stamps(&[
+            (CommandState::Queued, T0),
+            (CommandState::Sent, T0 + 1),
+            (CommandState::Delivered, T0 + 3),
+            (CommandState::Rejected, T0 + 4)
+        ])
+    );
+    assert_eq!(get(s, "c").await, done);
+    // a state entered twice keeps its latest time
+    let c2 = accept(s, queued("c2", "a", T0)).await;
+    move_to(s, &c2.id, CommandState::Queued, CommandState::Sent, T0 + 1).await;
+    move_to(s, &c2.id, CommandState::Sent, CommandState::Queued, T0 + 2).await;
+    let c2 = get(s, "c2").await;
+    assert_eq!(c2.timestamps, stamps(&[(CommandState::Queued, T0 + 2), (CommandState::Sent, T0 + 1)]));
+}
+
+/// Many tasks race for the same transition: exactly one wins. Many tasks insert for one
+/// device at once under a limit: exactly the limit is accepted, with sequence numbers
+/// 1..=limit.
+async fn concurrent_transitions_and_inserts_race_safely(h: &mut Harness) {
+    accept(&h.store, queued("c", "a", T0)).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let store = h.store.clone();
+        tasks.spawn(async move {
+            let to = if i % 2 == 0 { CommandState::Sent } else { CommandState::Cancelled };
+            store
+                .command_transition("c", &[CommandState::Queued], to, None, None, Timestamp(T0 + i))
+                .await
+                .unwrap()
+        });
+    }
+    let mut winners = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        winners.extend(done.unwrap());
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    assert_eq!(get(&h.store, "c").await, winners[0]);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let store = h.store.clone();
+        tasks.spawn(
+            async move { store.command_insert(queued(&format!("r{i}"), "b", T0 + i), 5).await.unwrap() },
+        );
+    }
+    let mut seqs = Vec::new();
+    let mut refused = 0;
+    while let Some(done) = tasks.join_next().await {
+        match done.unwrap() {
+            Inserted::Accepted { command, .. } => seqs.push(command.seq),
+            Inserted::QueueFull { open } => {
+                assert_eq!(open, 5);
+                refused += 1;
+            }
+            Inserted::DuplicateId => panic!("duplicate"),
+        }
+    }
+    seqs.sort_unstable();
+    assert_eq!((seqs, refused), (vec![1, 2, 3, 4, 5], 11));
+}
+
+async fn expiry_moves_open_commands_past_their_ttl(h: &mut Harness) {
+    let s = &h.store;
+    let with_ttl = |id: &str, device: &str, ttl: Option<i64>| NewCommand {
+        expires_at: ttl.map(|t| Timestamp(T0 + t)),
+        ..queued(id, device, T0)
+    };
+    accept(s, with_ttl("b1", "b", Some(10))).await;
+    accept(s, with_ttl("a1", "a", Some(10))).await;
+    accept(s, with_ttl("a2", "a", Some(5))).await;
+    accept(s, with_ttl("a3", "a", Some(20))).await;
+    accept(s, with_ttl("a4", "a", None)).await;
+    accept(s, with_ttl("a5", "a", Some(1))).await;
+    accept(s, with_ttl("a6", "a", Some(1))).await;
+    // sent is still open: it expires; delivered and final ones do not
+    move_to(s, "a2", CommandState::Queued, CommandState::Sent, T0 + 1).await;
+    move_to(s, "a5", CommandState::Queued, CommandState::Delivered, T0 + 1).await;
+    move_to(s, "a6", CommandState::Queued, CommandState::Cancelled, T0 + 1).await;
+    assert_eq!(s.command_expire(Timestamp(T0 + 4)).await.unwrap(), Vec::new());
+    let expired = s.command_expire(Timestamp(T0 + 10)).await.unwrap();
+    // ordered by (device, seq); expires_at == now is expired
+    assert_eq!(ids(&expired), ["a1", "a2", "b1"]);
+    for c in &expired {
+        assert_eq!(c.state, CommandState::Expired);
+        assert_eq!(c.reason.as_deref(), Some("expired"));
+        assert_eq!(c.updated_at, Timestamp(T0 + 10));
+        assert_eq!(c.timestamps.get(&CommandState::Expired), Some(&Timestamp(T0 + 10)));
+        assert_eq!(get(s, &c.id).await, *c);
+    }
+    // each is reported once
+    assert_eq!(s.command_expire(Timestamp(T0 + 10)).await.unwrap(), Vec::new());
+    assert_eq!(pending_ids(s, "a").await, ["a3", "a4"]);
+    assert_eq!(ids(&s.command_expire(Timestamp(T0 + DAY)).await.unwrap()), ["a3"]);
+    assert_eq!(pending_ids(s, "a").await, ["a4"]);
+    assert_eq!(get(s, "a5").await.state, CommandState::Delivered);
+    assert_eq!(get(s, "a6").await.state, CommandState::Cancelled);
+    // an expired command cannot be sent any more
+    let late = s.command_transition(
+        "a1",
+        &[CommandState::Queued],
+        CommandState::Sent,
+        None,
+        None,
+        Timestamp(T0 + 11),
+    );
+    assert_eq!(late.await.unwrap(), None);
+}
+
+async fn command_list_pages_newest_first_with_filters(h: &mut Harness) {
+    let s = &h.store;
+    for i in 1..=7 {
+        accept(s, queued(&format!("c{i}"), "a", T0 + i)).await;
+    }
+    accept(s, queued("other", "b", T0)).await;
+    for id in ["c2", "c5"] {
+        move_to(s, id, CommandState::Queued, CommandState::Sent, T0 + 20).await;
+    }
+    move_to(s, "c6", CommandState::Queued, CommandState::Failed, T0 + 20).await;
+    let q = |states: Vec<CommandState>, before_seq, limit| CommandQuery {
+        device: dev("a"),
+        states,
+        before_seq,
+        limit,
+    };
+    assert_eq!(
+        ids(&s.command_list(q(vec![], None, 100)).await.unwrap()),
+        ["c7", "c6", "c5", "c4", "c3", "c2", "c1"]
+    );
+    // paging by seq returns every command once
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = s.command_list(q(vec![], before, 3)).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 3);
+        before = page.last().map(|c| c.seq);
+        seen.extend(page.into_iter().map(|c| c.id));
+    }
+    assert_eq!(seen, ["c7", "c6", "c5", "c4", "c3", "c2", "c1"]);
+    assert_eq!(ids(&s.command_list(q(vec![CommandState::Sent], None, 100)).await.unwrap()), ["c5", "c2"]);
+    let open_or_failed = q(vec![CommandState::Queued, CommandState::Failed], Some(6), 2);
+    assert_eq!(ids(&s.command_list(open_or_failed).await.unwrap()), ["c4", "c3"]);
+    assert_eq!(s.command_list(q(vec![CommandState::Expired], None, 100)).await.unwrap(), Vec::new());
+    assert_eq!(s.command_list(q(vec![], None, 0)).await.unwrap(), Vec::new());
+    let b = CommandQuery { device: dev("b"), states: vec![], before_seq: None, limit: 10 };
+    assert_eq!(ids(&s.command_list(b).await.unwrap()), ["other"]);
+}
+
+async fn commands_survive_reopen_and_prune_keeps_sequences(h: &mut Harness) {
+    accept(&h.store, latest("c1", "a", "k", T0)).await;
+    accept(&h.store, queued("c2", "a", T0 + 1)).await;
+    move_to(&h.store, "c2", CommandState::Queued, CommandState::Sent, T0 + 2).await;
+    let before = [get(&h.store, "c1").await, get(&h.store, "c2").await];
+
+    h.reopen().await;
+    assert_eq!([get(&h.store, "c1").await, get(&h.store, "c2").await], before);
+    assert_eq!(pending_ids(&h.store, "a").await, ["c1", "c2"]);
+    // sequence numbers go on where they were; latest-wins state survived too
+    let c3 = h.store.command_insert(latest("c3", "a", "k", T0 + 3), NO_LIMIT).await.unwrap();
+    let Inserted::Accepted { command, superseded } = c3 else { panic!("{c3:?}") };
+    assert_eq!((command.seq, superseded), (3, vec!["c1".to_owned()]));
+
+    // prune deletes final commands last updated before the cutoff, nothing else
+    move_to(&h.store, "c2", CommandState::Sent, CommandState::Delivered, T0 + 4).await;
+    assert_eq!(h.store.command_prune(Timestamp(T0 + 100)).await.unwrap(), 1);
+    assert_eq!(h.store.command_get("c1").await.unwrap(), None);
+    assert_eq!(get(&h.store, "c2").await.state, CommandState::Delivered);
+    move_to(&h.store, "c2", CommandState::Delivered, CommandState::Succeeded, T0 + 50).await;
+    move_to(&h.store, "c3", CommandState::Queued, CommandState::Failed, T0 + 60).await;
+    assert_eq!(h.store.command_prune(Timestamp(T0 + 60)).await.unwrap(), 1);
+    assert_eq!(h.store.command_prune(Timestamp(T0 + 61)).await.unwrap(), 1);
+    let all = CommandQuery { device: dev("a"), states: vec![], before_seq: None, limit: 10 };
+    assert_eq!(h.store.command_list(all).await.unwrap(), Vec::new());
+    // numbers are never reused, even with every command of the device pruned
+    assert_eq!(accept(&h.store, queued("c4", "a", T0 + 70)).await.seq, 4);
+
+    h.store.close().await;
+    let refused = [
+        h.store.command_insert(queued("c5", "a", T0), NO_LIMIT).await.unwrap_err(),
+        h.store
+            .command_transition("c4", &[CommandState::Queued], CommandState::Sent, None, None, Timestamp(T0))
+            .await
+            .unwrap_err(),
+        h.store.command_expire(Timestamp(i64::MAX)).await.unwrap_err(),
+        h.store.command_prune(Timestamp(i64::MAX)).await.unwrap_err(),
+    ];
+    for err in refused {
+        assert!(matches!(err, StoreError::Closed), "{err}");
+    }
+    assert_eq!(pending_ids(&h.store, "a").await, ["c4"]);
+}
+
+fn shadow(
+    desired: serde_json::Value,
+    reported: serde_json::Value,
+    version: i64,
+    d: Option<i64>,
+    r: Option<i64>,
+) -> Shadow {
+    Shadow { desired, reported, version, desired_at: d.map(Timestamp), reported_at: r.map(Timestamp) }
+}
+
+async fn shadow_versions_and_compare_and_set(h: &mut Harness) {
+    let s = &h.store;
+    let a = dev("a");
+    assert_eq!(s.shadow_get(&a).await.unwrap(), None);
+    // a device without a shadow is at version 0
+    let stale =
+        s.shadow_set_desired(&a, serde_json::json!({"led": true}), Some(1), Timestamp(T0)).await.unwrap();
+    assert_eq!(stale, Err(ShadowConflict { current_version: 0 }));
+    assert_eq!(s.shadow_get(&a).await.unwrap(), None);
+    let v1 =
+        s.shadow_set_desired(&a, serde_json::json!({"led": true}), Some(0), Timestamp(T0)).await.unwrap();
+    let expected = shadow(serde_json::json!({"led": true}), serde_json::json!({}), 1, Some(T0), None);
+    assert_eq!(v1, Ok(expected.clone()));
+    assert_eq!(s.shadow_get(&a).await.unwrap(), Some(expected));
+    // reported: replaced as a whole, desired kept, version up
+    let reported = serde_json::json!({"led": false, "temp": 21.5, "nested": {"a": [1, 2]}});
+    s.shadow_set_reported(&a, serde_json::json!({"old": 1}), Timestamp(T0 + 1)).await.unwrap();
+    let v3 = s.shadow_set_reported(&a, reported.clone(), Timestamp(T0 + 2)).await.unwrap();
+    assert_eq!(v3, shadow(serde_json::json!({"led": true}), reported.clone(), 3, Some(T0), Some(T0 + 2)));
+    // a writer that read version 1 loses, and changes nothing
+    let lost = s
+        .shadow_set_desired(&a, serde_json::json!({"led": false}), Some(1), Timestamp(T0 + 3))
+        .await
+        .unwrap();
+    assert_eq!(lost, Err(ShadowConflict { current_version: 3 }));
+    assert_eq!(s.shadow_get(&a).await.unwrap(), Some(v3));
+    let v4 = s
+        .shadow_set_desired(&a, serde_json::json!({"led": false}), Some(3), Timestamp(T0 + 4))
+        .await
+        .unwrap();
+    assert_eq!(v4.unwrap().version, 4);
+    // unconditional: always applies, even the same document again
+    let v5 =
+        s.shadow_set_desired(&a, serde_json::json!({"led": false}), None, Timestamp(T0 + 5)).await.unwrap();
+    assert_eq!(v5, Ok(shadow(serde_json::json!({"led": false}), reported, 5, Some(T0 + 5), Some(T0 + 2))));
+    // a shadow first made by a report
+    let b = s.shadow_set_reported(&dev("b"), serde_json::json!([1, "x"]), Timestamp(T0)).await.unwrap();
+    assert_eq!(b, shadow(serde_json::json!({}), serde_json::json!([1, "x"]), 1, None, Some(T0)));
+    // delete
+    assert!(s.shadow_delete(&a).await.unwrap());
+    assert!(!s.shadow_delete(&a).await.unwrap());
+    assert_eq!(s.shadow_get(&a).await.unwrap(), None);
+    assert_eq!(s.shadow_get(&dev("b")).await.unwrap(), Some(b));
+    let again = s.shadow_set_desired(&a, serde_json::json!({}), Some(0), Timestamp(T0 + 6)).await.unwrap();
+    assert_eq!(again.unwrap().version, 1);
+}
+
+async fn concurrent_shadow_writers_one_wins(h: &mut Harness) {
+    let a = dev("a");
+    h.store.shadow_set_reported(&a, serde_json::json!({"x": 0}), Timestamp(T0)).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let (store, a) = (h.store.clone(), a.clone());
+        tasks.spawn(async move {
+            store
+                .shadow_set_desired(&a, serde_json::json!({"writer": i}), Some(1), Timestamp(T0 + i))
+                .await
+                .unwrap()
+        });
+    }
+    let mut won = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        match done.unwrap() {
+            Ok(shadow) => won.push(shadow),
+            Err(conflict) => assert_eq!(conflict, ShadowConflict { current_version: 2 }),
+        }
+    }
+    assert_eq!(won.len(), 1, "{won:?}");
+    assert_eq!(won[0].version, 2);
+    assert_eq!(h.store.shadow_get(&a).await.unwrap(), Some(won[0].clone()));
+    // unconditional writers all apply
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let (store, a) = (h.store.clone(), a.clone());
+        tasks.spawn(async move {
+            store.shadow_set_reported(&a, serde_json::json!({"r": i}), Timestamp(T0)).await
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().unwrap();
+    }
+    assert_eq!(h.store.shadow_get(&a).await.unwrap().unwrap().version, 10);
+}
+
+fn delivery(id: &str, endpoint: &str, created: i64, next: i64) -> Delivery {
+    Delivery {
+        id: id.to_owned(),
+        endpoint: endpoint.to_owned(),
+        event_type: "message".to_owned(),
+        payload: serde_json::json!({"id": id, "n": [1, 2]}),
+        created_at: Timestamp(created),
+        next_attempt_at: Timestamp(next),
+    }
+}
+
+fn delivery_ids(entries: &[OutboxEntry]) -> Vec<&str> {
+    entries.iter().map(|e| e.delivery.id.as_str()).collect()
+}
+
+fn list(endpoint: &str, status: Option<OutboxStatus>) -> OutboxQuery {
+    OutboxQuery { endpoint: endpoint.to_owned(), status, before_seq: None, limit: 100 }
+}
+
+async fn outbox_due_order_and_lease(h: &mut Harness) {
+    let s = &h.store;
+    assert_eq!(s.outbox_due(Timestamp(T0), 10, Duration::ZERO).await.unwrap(), Vec::new());
+    let batch = vec![
+        delivery("d1", "e1", T0, T0 + 20),
+        delivery("d2", "e1", T0, T0 + 10),
+        delivery("d3", "e2", T0, T0 + 10),
+        delivery("d4", "e1", T0, T0 + 5),
+        delivery("d5", "e2", T0, T0 + 1000),
+    ];
+    assert_eq!(s.outbox_enqueue(batch.clone()).await.unwrap(), 5);
+    // enqueueing the same ids again adds nothing
+    assert_eq!(
+        s.outbox_enqueue(vec![batch[0].clone(), delivery("d6", "e1", T0, T0 + 2000)]).await.unwrap(),
+        1
+    );
+    assert_eq!(s.outbox_enqueue(Vec::new()).await.unwrap(), 0);
+
+    // a zero lease only reads: earliest next attempt first, then enqueue order
+    let due = s.outbox_due(Timestamp(T0 + 20), 10, Duration::ZERO).await.unwrap();
+    assert_eq!(delivery_ids(&due), ["d4", "d2", "d3", "d1"]);
+    let d4 = &due[0];
+    assert_eq!(d4.delivery, delivery("d4", "e1", T0, T0 + 5));
+    assert_eq!((d4.status, d4.attempts, d4.last_error.as_deref()), (OutboxStatus::Pending, 0, None));
+    assert_eq!((d4.pending_since, d4.finished_at), (Timestamp(T0), None));
+    assert!(
+        due.windows(2)
+            .all(|w| w[0].seq < w[1].seq || w[0].delivery.next_attempt_at < w[1].delivery.next_attempt_at)
+    );
+    assert_eq!(
+        delivery_ids(&s.outbox_due(Timestamp(T0 + 20), 2, Duration::ZERO).await.unwrap()),
+        ["d4", "d2"]
+    );
+    assert_eq!(delivery_ids(&s.outbox_due(Timestamp(T0 + 9), 10, Duration::ZERO).await.unwrap()), ["d4"]);
+
+    // a lease claims: the same deliveries are not due again until it ends
+    let lease = Duration::from_secs(30);
+    let claimed = s.outbox_due(Timestamp(T0 + 10), 2, lease).await.unwrap();
+    assert_eq!(delivery_ids(&claimed), ["d4", "d2"]);
+    assert!(claimed.iter().all(|e| e.delivery.next_attempt_at == Timestamp(T0 + 10 + 30_000)));
+    assert_eq!(delivery_ids(&s.outbox_due(Timestamp(T0 + 20), 10, lease).await.unwrap()), ["d3", "d1"]);
+    assert_eq!(s.outbox_due(Timestamp(T0 + 20), 10, lease).await.unwrap(), Vec::new());
+    // when the lease ends (the claimer died), they are due again, by their new next
+    // attempt (d2 and d4 share one: enqueue order), after the ones due before
+    let again = s.outbox_due(Timestamp(T0 + 20 + 30_000), 10, Duration::ZERO).await.unwrap();
+    assert_eq!(delivery_ids(&again), ["d5", "d6", "d2", "d4", "d1", "d3"]);
+
+    // two pollers at once never get the same delivery
+    let many: Vec<Delivery> = (0..40).map(|i| delivery(&format!("m{i:02}"), "e3", T0, T0 + 100)).collect();
+    s.outbox_enqueue(many).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let store = s.clone();
+        tasks.spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..10 {
+                let due = store.outbox_due(Timestamp(T0 + 100), 3, lease).await.unwrap();
+                got.extend(due.into_iter().map(|e| e.delivery.id));
+            }
+            got
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        all.extend(done.unwrap());
+    }
+    let total = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), total, "a delivery was claimed twice");
+    // every due delivery was claimed exactly once (d1–d6 are not due at T0 + 100)
+    assert_eq!(total, 40);
+}
+
+async fn outbox_retry_dead_replay_list_and_prune(h: &mut Harness) {
+    let s = &h.store;
+    s.outbox_enqueue((1..=6).map(|i| delivery(&format!("d{i}"), "e1", T0 + i, T0 + i)).collect())
+        .await
+        .unwrap();
+    s.outbox_enqueue(vec![delivery("x1", "e2", T0, T0)]).await.unwrap();
+
+    // retry: one more attempt, the error, a later next attempt; not due before it
+    assert!(s.outbox_retry("d1", Timestamp(T0 + 100), "HTTP 503".into()).await.unwrap());
+    assert!(s.outbox_retry("d1", Timestamp(T0 + 300), "timed out".into()).await.unwrap());
+    let due = s.outbox_due(Timestamp(T0 + 50), 100, Duration::ZERO).await.unwrap();
+    assert_eq!(delivery_ids(&due), ["x1", "d2", "d3", "d4", "d5", "d6"]);
+    let d1 = s.outbox_list(list("e1", None)).await.unwrap().pop().unwrap();
+    assert_eq!(d1.delivery.id, "d1");
+    assert_eq!((d1.attempts, d1.last_error.as_deref()), (2, Some("timed out")));
+    assert_eq!(d1.delivery.next_attempt_at, Timestamp(T0 + 300));
+
+    // delivered and dead leave the pending set; only a pending one can move
+    assert!(s.outbox_succeeded("d2", Timestamp(T0 + 60)).await.unwrap());
+    assert!(!s.outbox_succeeded("d2", Timestamp(T0 + 61)).await.unwrap());
+    assert!(!s.outbox_retry("d2", Timestamp(T0 + 61), "late".into()).await.unwrap());
+    assert!(s.outbox_dead("d3", Timestamp(T0 + 70), "HTTP 410".into()).await.unwrap());
+    assert!(s.outbox_dead("d4", Timestamp(T0 + 71), "max age".into()).await.unwrap());
+    assert!(s.outbox_dead("d5", Timestamp(T0 + 72), "max age".into()).await.unwrap());
+    assert!(!s.outbox_dead("d3", Timestamp(T0 + 73), "again".into()).await.unwrap());
+    assert!(!s.outbox_succeeded("d4", Timestamp(T0 + 73)).await.unwrap());
+    assert!(!s.outbox_dead("missing", Timestamp(T0), "x".into()).await.unwrap());
+    assert!(s.outbox_succeeded("d1", Timestamp(T0 + 310)).await.unwrap());
+    let due = s.outbox_due(Timestamp(T0 + DAY), 100, Duration::ZERO).await.unwrap();
+    assert_eq!(delivery_ids(&due), ["x1", "d6"]);
+
+    let entries = s.outbox_list(list("e1", None)).await.unwrap();
+    assert_eq!(delivery_ids(&entries), ["d6", "d5", "d4", "d3", "d2", "d1"]);
+    let d2 = &entries[4];
+    assert_eq!(
+        (d2.status, d2.attempts, d2.finished_at),
+        (OutboxStatus::Delivered, 1, Some(Timestamp(T0 + 60)))
+    );
+    let d1 = &entries[5];
+    // the last error stays as history after success
+    assert_eq!(
+        (d1.status, d1.attempts, d1.last_error.as_deref()),
+        (OutboxStatus::Delivered, 3, Some("timed out"))
+    );
+    let d3 = &entries[3];
+    assert_eq!((d3.status, d3.attempts, d3.last_error.as_deref()), (OutboxStatus::Dead, 1, Some("HTTP 410")));
+    assert_eq!(d3.finished_at, Some(Timestamp(T0 + 70)));
+    let dead = s.outbox_list(list("e1", Some(OutboxStatus::Dead))).await.unwrap();
+    assert_eq!(delivery_ids(&dead), ["d5", "d4", "d3"]);
+    assert_eq!(delivery_ids(&s.outbox_list(list("e1", Some(OutboxStatus::Pending))).await.unwrap()), ["d6"]);
+    assert_eq!(delivery_ids(&s.outbox_list(list("e2", None)).await.unwrap()), ["x1"]);
+    assert_eq!(s.outbox_list(list("nobody", None)).await.unwrap(), Vec::new());
+    // paging by seq
+    let mut seen = Vec::new();
+    let mut q = OutboxQuery { limit: 4, ..list("e1", None) };
+    loop {
+        let page = s.outbox_list(q.clone()).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        q.before_seq = page.last().map(|e| e.seq);
+        seen.extend(page.into_iter().map(|e| e.delivery.id));
+    }
+    assert_eq!(seen, ["d6", "d5", "d4", "d3", "d2", "d1"]);
+
+    // replay by id: only dead ones of that endpoint
+    let now = Timestamp(T0 + 1000);
+    let ids = |v: &[&str]| Replay::Ids(v.iter().map(|s| (*s).to_owned()).collect());
+    assert_eq!(s.outbox_replay("e1", ids(&["d3", "d2", "d6", "x1", "missing"]), now).await.unwrap(), 1);
+    assert_eq!(s.outbox_replay("e2", ids(&["d4"]), now).await.unwrap(), 0);
+    assert_eq!(s.outbox_replay("e1", ids(&[]), now).await.unwrap(), 0);
+    let d3 = s.outbox_list(list("e1", None)).await.unwrap().remove(3);
+    assert_eq!(d3.delivery.id, "d3");
+    assert_eq!((d3.status, d3.attempts, d3.finished_at), (OutboxStatus::Pending, 0, None));
+    assert_eq!((d3.pending_since, d3.delivery.next_attempt_at), (now, now));
+    assert_eq!(d3.last_error.as_deref(), Some("HTTP 410"));
+    assert_eq!(d3.delivery.created_at, Timestamp(T0 + 3));
+    let due = s.outbox_due(now, 100, Duration::ZERO).await.unwrap();
+    assert_eq!(delivery_ids(&due), ["x1", "d6", "d3"]);
+    // replay all dead of the endpoint
+    s.outbox_enqueue(vec![delivery("y1", "e2", T0, T0)]).await.unwrap();
+    assert!(s.outbox_dead("y1", now, "gone".into()).await.unwrap());
+    assert_eq!(s.outbox_replay("e1", Replay::AllDead, now).await.unwrap(), 2);
+    assert_eq!(s.outbox_replay("e1", Replay::AllDead, now).await.unwrap(), 0);
+    assert_eq!(delivery_ids(&s.outbox_list(list("e2", Some(OutboxStatus::Dead))).await.unwrap()), ["y1"]);
+
+    // prune: delivered before the cutoff only; pending and dead stay
+    assert_eq!(s.outbox_prune_delivered(Timestamp(T0 + 60)).await.unwrap(), 0);
+    assert_eq!(s.outbox_prune_delivered(Timestamp(T0 + 61)).await.unwrap(), 1);
+    assert_eq!(s.outbox_prune_delivered(Timestamp(T0 + DAY)).await.unwrap(), 1);
+    let left = s.outbox_list(list("e1", None)).await.unwrap();
+    assert_eq!(delivery_ids(&left), ["d6", "d5", "d4", "d3"]);
+    assert_eq!(s.outbox_list(list("e2", None)).await.unwrap().len(), 2);
+}
+
+async fn outbox_and_shadows_survive_reopen_and_close_refuses_writes(h: &mut Harness) {
+    h.store.outbox_enqueue(vec![delivery("d1", "e", T0, T0), delivery("d2", "e", T0, T0)]).await.unwrap();
+    h.store.outbox_retry("d1", Timestamp(T0 + 5), "503".into()).await.unwrap();
+    h.store.outbox_dead("d2", Timestamp(T0 + 6), "410".into()).await.unwrap();
+    h.store
+        .shadow_set_desired(&dev("a"), serde_json::json!({"on": 1}), None, Timestamp(T0))
+        .await
+        .unwrap()
+        .unwrap();
+    let entries = h.store.outbox_list(list("e", None)).await.unwrap();
+    let shadow = h.store.shadow_get(&dev("a")).await.unwrap();
+
+    h.reopen().await;
+    assert_eq!(h.store.outbox_list(list("e", None)).await.unwrap(), entries);
+    assert_eq!(h.store.shadow_get(&dev("a")).await.unwrap(), shadow);
+    // seq keeps increasing across the reopen
+    h.store.outbox_enqueue(vec![delivery("d3", "e", T0, T0)]).await.unwrap();
+    let newest = h.store.outbox_list(list("e", None)).await.unwrap().remove(0);
+    assert!(newest.seq > entries[0].seq);
+
+    h.store.close().await;
+    let a = dev("a");
+    let refused = [
+        h.store.outbox_enqueue(vec![delivery("d4", "e", T0, T0)]).await.unwrap_err(),
+        h.store.outbox_due(Timestamp(T0 + 10), 10, Duration::from_secs(1)).await.unwrap_err(),
+        h.store.outbox_succeeded("d1", Timestamp(T0)).await.unwrap_err(),
+        h.store.outbox_retry("d1", Timestamp(T0), "x".into()).await.unwrap_err(),
+        h.store.outbox_dead("d1", Timestamp(T0), "x".into()).await.unwrap_err(),
+        h.store.outbox_replay("e", Replay::AllDead, Timestamp(T0)).await.unwrap_err(),
+        h.store.outbox_prune_delivered(Timestamp(i64::MAX)).await.unwrap_err(),
+        h.store.shadow_set_desired(&a, serde_json::json!({}), None, Timestamp(T0)).await.unwrap_err(),
+        h.store.shadow_set_reported(&a, serde_json::json!({}), Timestamp(T0)).await.unwrap_err(),
+        h.store.shadow_delete(&a).await.unwrap_err(),
+    ];
+    for err in refused {
+        assert!(matches!(err, StoreError::Closed), "{err}");
+    }
+    // reads still work, and nothing changed
+    assert_eq!(h.store.outbox_list(list("e", None)).await.unwrap().len(), 3);
+    assert_eq!(
+        delivery_ids(&h.store.outbox_due(Timestamp(T0 + 10), 10, Duration::ZERO).await.unwrap()),
+        ["d3", "d1"]
+    );
+    assert_eq!(h.store.shadow_get(&a).await.unwrap(), shadow);
+}
+
+/// PostgreSQL cannot store U+0000: both backends refuse it in ids and documents, treat
+/// an id holding it as unknown, and replace it in free-text errors and reasons.
+async fn nul_characters_in_commands_shadows_and_outbox(h: &mut Harness) {
+    let s = &h.store;
+    let mut bad = vec![queued("c\0", "a", T0), new_cmd("c", "a", CommandMode::LatestWins, Some("k\0"), T0)];
+    bad.push(NewCommand { payload: serde_json::json!({"s": "a\0b"}), ..queued("c", "a", T0) });
+    bad.push(NewCommand { topic: Some("t\0".into()), ..queued("c", "a", T0) });
+    for cmd in bad {
+        let err = s.command_insert(cmd.clone(), NO_LIMIT).await.unwrap_err();
+        assert!(matches!(err, StoreError::Backend(_)), "{cmd:?}: {err}");
+    }
+    assert_eq!(pending_ids(s, "a").await, Vec::<String>::new());
+    accept(s, queued("c", "a", T0)).await;
+    assert_eq!(s.command_get("c\0").await.unwrap(), None);
+    let t =
+        s.command_transition("c\0", &[CommandState::Queued], CommandState::Sent, None, None, Timestamp(T0));
+    assert_eq!(t.await.unwrap(), None);
+    let err = s
+        .command_transition(
+            "c",
+            &[CommandState::Queued],
+            CommandState::Failed,
+            Some(serde_json::json!(["\0"])),
+            None,
+            Timestamp(T0),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)), "{err}");
+    let failed = s
+        .command_transition(
+            "c",
+            &[CommandState::Queued],
+            CommandState::Failed,
+            None,
+            Some("a\0b".into()),
+            Timestamp(T0),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed.reason.as_deref(), Some("a\u{fffd}b"));
+
+    let err = s
+        .shadow_set_desired(&dev("a"), serde_json::json!({"k\0": 1}), None, Timestamp(T0))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)), "{err}");
+    let err = s.shadow_set_reported(&dev("a"), serde_json::json!("\0"), Timestamp(T0)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)), "{err}");
+    assert_eq!(s.shadow_get(&dev("a")).await.unwrap(), None);
+
+    for d in [
+        delivery("d\0", "e", T0, T0),
+        delivery("d", "e\0", T0, T0),
+        Delivery { event_type: "m\0".into(), ..delivery("d", "e", T0, T0) },
+        Delivery { payload: serde_json::json!({"x": "\0"}), ..delivery("d", "e", T0, T0) },
+    ] {
+        let err = s.outbox_enqueue(vec![delivery("ok", "e", T0, T0), d.clone()]).await.unwrap_err();
+        assert!(matches!(err, StoreError::Backend(_)), "{d:?}: {err}");
+    }
+    assert_eq!(s.outbox_list(list("e", None)).await.unwrap(), Vec::new());
+    s.outbox_enqueue(vec![delivery("d", "e", T0, T0)]).await.unwrap();
+    assert!(!s.outbox_succeeded("d\0", Timestamp(T0)).await.unwrap());
+    assert!(!s.outbox_retry("d\0", Timestamp(T0), "x".into()).await.unwrap());
+    assert!(s.outbox_retry("d", Timestamp(T0), "bad\0byte".into()).await.unwrap());
+    assert!(s.outbox_dead("d", Timestamp(T0), "dead\0".into()).await.unwrap());
+    assert_eq!(s.outbox_list(list("e\0", None)).await.unwrap(), Vec::new());
+    assert_eq!(s.outbox_replay("e\0", Replay::AllDead, Timestamp(T0)).await.unwrap(), 0);
+    let ids = Replay::Ids(vec!["d\0".into(), "d".into()]);
+    assert_eq!(s.outbox_replay("e", ids, Timestamp(T0)).await.unwrap(), 1);
+    let d = s.outbox_list(list("e", None)).await.unwrap().remove(0);
+    assert_eq!(d.last_error.as_deref(), Some("dead\u{fffd}"));
+}
+
+async fn registry_keeps_rules_and_webhooks(h: &mut Harness) {
+    let s = &h.store;
+    s.registry_apply(vec![
+        put(Kind::Webhook, "w1", None, serde_json::json!({"url": "https://example.com/hook"})),
+        put(Kind::Rule, "night-light", None, serde_json::json!({"when": "light < 300"})),
+        put(Kind::Device, "d1", None, serde_json::json!({})),
+    ])
+    .await
+    .unwrap();
+    h.reopen().await;
+    assert_eq!(
+        keys(&h.store).await,
+        vec![key(Kind::Device, "d1"), key(Kind::Rule, "night-light"), key(Kind::Webhook, "w1")]
+    );
+    for kind in [Kind::Rule, Kind::Webhook] {
+        assert_eq!(Kind::parse(kind.as_str()), Some(kind));
+    }
+    assert_eq!((Kind::Rule.as_str(), Kind::Webhook.as_str()), ("rule", "webhook"));
 }

@@ -9,6 +9,12 @@
 //! * [`registry`]: [`RegistryStore`], the device registry (devices, credentials, ACL
 //!   rules, admin tokens, as JSON documents) and the audit log, with its vocabulary;
 //!   [`Store`] implements it too;
+//! * [`commands`]: [`CommandStore`], commands to devices (modes, states, the per-device
+//!   sequence and queue limit, latest-wins superseding, expiry);
+//! * [`shadow`]: [`ShadowStore`], each device's desired and reported state under one
+//!   version (compare-and-set);
+//! * [`outbox`]: [`OutboxStore`], the durable outbox of webhook deliveries (retries, the
+//!   dead-letter list, replay); [`Store`] implements these three too;
 //! * [`config`]: the `[store]` section;
 //! * `queue`: the bound on points waiting for a writer (backpressure);
 //! * [`sqlite`]: the embedded backend (one writer thread, WAL, reader pool);
@@ -27,12 +33,15 @@
 //! (group commit).
 
 mod bucket;
+pub mod commands;
 pub mod config;
 mod migration;
+pub mod outbox;
 mod page;
 pub mod postgres;
 mod queue;
 pub mod registry;
+pub mod shadow;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -44,9 +53,12 @@ use std::time::Duration;
 
 use telehub_core::DeviceId;
 
+pub use commands::CommandStore;
 pub use config::{Config, RetentionConfig};
+pub use outbox::OutboxStore;
 pub use postgres::PgStore;
 pub use registry::RegistryStore;
+pub use shadow::ShadowStore;
 pub use sqlite::SqliteStore;
 
 /// Milliseconds since the Unix epoch (UTC).
@@ -483,6 +495,66 @@ impl RegistryStore for Store {
             Store::Sqlite(s) => s.audit_prune(before).await,
             Store::Postgres(s) => s.audit_prune(before).await,
         }
+    }
+}
+
+/// Forwards each listed method of a trait to the backend of a [`Store`].
+macro_rules! dispatch {
+    ($($name:ident($($arg:ident: $ty:ty),*) -> $out:ty;)*) => {
+        $(
+            async fn $name(&self, $($arg: $ty),*) -> Result<$out, StoreError> {
+                match self {
+                    Store::Sqlite(s) => s.$name($($arg),*).await,
+                    Store::Postgres(s) => s.$name($($arg),*).await,
+                }
+            }
+        )*
+    };
+}
+
+impl CommandStore for Store {
+    dispatch! {
+        command_insert(cmd: commands::NewCommand, max_queued_per_device: usize) -> commands::Inserted;
+        command_get(id: &str) -> Option<commands::Command>;
+        command_list(query: commands::CommandQuery) -> Vec<commands::Command>;
+        command_pending(device: &DeviceId, limit: usize) -> Vec<commands::Command>;
+        command_transition(
+            id: &str,
+            from: &[commands::CommandState],
+            to: commands::CommandState,
+            result: Option<serde_json::Value>,
+            reason: Option<String>,
+            at: Timestamp
+        ) -> Option<commands::Command>;
+        command_expire(now: Timestamp) -> Vec<commands::Command>;
+        command_prune(before: Timestamp) -> u64;
+    }
+}
+
+impl ShadowStore for Store {
+    dispatch! {
+        shadow_get(device: &DeviceId) -> Option<shadow::Shadow>;
+        shadow_set_desired(
+            device: &DeviceId,
+            desired: serde_json::Value,
+            expected_version: Option<i64>,
+            at: Timestamp
+        ) -> Result<shadow::Shadow, shadow::ShadowConflict>;
+        shadow_set_reported(device: &DeviceId, reported: serde_json::Value, at: Timestamp) -> shadow::Shadow;
+        shadow_delete(device: &DeviceId) -> bool;
+    }
+}
+
+impl OutboxStore for Store {
+    dispatch! {
+        outbox_enqueue(deliveries: Vec<outbox::Delivery>) -> u64;
+        outbox_due(now: Timestamp, limit: usize, lease: Duration) -> Vec<outbox::OutboxEntry>;
+        outbox_succeeded(id: &str, at: Timestamp) -> bool;
+        outbox_retry(id: &str, next_attempt_at: Timestamp, last_error: String) -> bool;
+        outbox_dead(id: &str, at: Timestamp, last_error: String) -> bool;
+        outbox_list(query: outbox::OutboxQuery) -> Vec<outbox::OutboxEntry>;
+        outbox_replay(endpoint: &str, which: outbox::Replay, now: Timestamp) -> u64;
+        outbox_prune_delivered(before: Timestamp) -> u64;
     }
 }
 

@@ -16,6 +16,9 @@ pub(crate) struct Migration {
 pub(crate) const SQLITE: &[Migration] = &[
     Migration { version: 1, name: "telemetry", sql: include_str!("../migrations/sqlite/0001_telemetry.sql") },
     Migration { version: 2, name: "registry", sql: include_str!("../migrations/sqlite/0002_registry.sql") },
+    Migration { version: 3, name: "commands", sql: include_str!("../migrations/sqlite/0003_commands.sql") },
+    Migration { version: 4, name: "shadows", sql: include_str!("../migrations/sqlite/0004_shadows.sql") },
+    Migration { version: 5, name: "outbox", sql: include_str!("../migrations/sqlite/0005_outbox.sql") },
 ];
 
 /// PostgreSQL's migrations, in order.
@@ -26,6 +29,9 @@ pub(crate) const POSTGRES: &[Migration] = &[
         sql: include_str!("../migrations/postgres/0001_telemetry.sql"),
     },
     Migration { version: 2, name: "registry", sql: include_str!("../migrations/postgres/0002_registry.sql") },
+    Migration { version: 3, name: "commands", sql: include_str!("../migrations/postgres/0003_commands.sql") },
+    Migration { version: 4, name: "shadows", sql: include_str!("../migrations/postgres/0004_shadows.sql") },
+    Migration { version: 5, name: "outbox", sql: include_str!("../migrations/postgres/0005_outbox.sql") },
 ];
 
 /// The statement creating the version table, the same on both backends.

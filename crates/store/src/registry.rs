@@ -1,5 +1,5 @@
 //! [`RegistryStore`]: how the device registry (devices, credentials, ACL rules, admin
-//! tokens) and the audit log are kept. The registry holds every entry in memory and
+//! tokens, automation rules, webhook endpoints) and the audit log are kept. The registry holds every entry in memory and
 //! writes through to the store; the store keeps each entry as a JSON document under
 //! `(kind, id)`, so adding a field never needs a migration.
 
@@ -18,6 +18,10 @@ pub enum Kind {
     AclRule,
     /// An admin API token.
     AdminToken,
+    /// An automation rule (topic filter, condition, actions).
+    Rule,
+    /// An outbound webhook endpoint (URL, events or topic filter, secrets).
+    Webhook,
 }
 
 impl Kind {
@@ -28,6 +32,8 @@ impl Kind {
             Self::Credential => "credential",
             Self::AclRule => "acl_rule",
             Self::AdminToken => "admin_token",
+            Self::Rule => "rule",
+            Self::Webhook => "webhook",
         }
     }
 
@@ -38,6 +44,8 @@ impl Kind {
             "credential" => Self::Credential,
             "acl_rule" => Self::AclRule,
             "admin_token" => Self::AdminToken,
+            "rule" => Self::Rule,
+            "webhook" => Self::Webhook,
             _ => return None,
         })
     }
@@ -175,11 +183,11 @@ pub(crate) fn refuse_nul_in_events(events: &[AuditEvent]) -> Result<(), StoreErr
     Ok(())
 }
 
-fn has_nul(s: &str) -> bool {
+pub(crate) fn has_nul(s: &str) -> bool {
     s.contains('\0')
 }
 
-fn json_has_nul(v: &serde_json::Value) -> bool {
+pub(crate) fn json_has_nul(v: &serde_json::Value) -> bool {
     match v {
         serde_json::Value::String(s) => has_nul(s),
         serde_json::Value::Array(items) => items.iter().any(json_has_nul),

@@ -8,8 +8,11 @@
 //! * this file: opening, migrations, queries and retention;
 //! * `writer`: the writer task and its group commit;
 //! * `partition`: day partitions;
-//! * `registry`: [`RegistryStore`](crate::RegistryStore), the registry and the audit log.
+//! * `registry`: [`RegistryStore`](crate::RegistryStore), the registry and the audit log;
+//! * `commands`: [`CommandStore`](crate::CommandStore), [`ShadowStore`](crate::ShadowStore)
+//!   and [`OutboxStore`](crate::OutboxStore): commands, device shadows, the webhook outbox.
 
+mod commands;
 mod partition;
 mod registry;
 mod writer;

@@ -10,7 +10,7 @@ use crate::{StoreError, Timestamp};
 
 impl PgStore {
     /// Refuses writes once [`PgStore::close`] began, as telemetry writes are.
-    fn check_open(&self) -> Result<(), StoreError> {
+    pub(super) fn check_open(&self) -> Result<(), StoreError> {
         if self.inner.admission.is_closed() { Err(StoreError::Closed) } else { Ok(()) }
     }
 }

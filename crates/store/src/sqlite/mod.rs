@@ -15,8 +15,11 @@
 //! * this file: opening, migrations, the reader pool and the queries;
 //! * `writer`: the writer thread and its group commit;
 //! * `retention`: deleting by age and by size;
-//! * `registry`: [`RegistryStore`](crate::RegistryStore), the registry and the audit log.
+//! * `registry`: [`RegistryStore`](crate::RegistryStore), the registry and the audit log;
+//! * `commands`: [`CommandStore`](crate::CommandStore), [`ShadowStore`](crate::ShadowStore)
+//!   and [`OutboxStore`](crate::OutboxStore): commands, device shadows, the webhook outbox.
 
+mod commands;
 mod registry;
 mod retention;
 mod writer;

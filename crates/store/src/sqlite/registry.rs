@@ -22,7 +22,7 @@ use crate::{StoreError, Timestamp};
 
 impl SqliteStore {
     /// Refuses writes once [`SqliteStore::close`] began, as telemetry writes are.
-    fn check_open(&self) -> Result<(), StoreError> {
+    pub(super) fn check_open(&self) -> Result<(), StoreError> {
         if self.inner.admission.is_closed() { Err(StoreError::Closed) } else { Ok(()) }
     }
 }
