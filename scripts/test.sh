@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mosquitto mosquitto-clients python3-paho-mqtt python3-requests curl openssl)
+packages=(mosquitto mosquitto-clients python3-paho-mqtt python3-requests python3-jwt python3-cryptography curl openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

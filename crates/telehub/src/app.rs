@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use telehub_broker::Broker;
 use telehub_hub::ingest::{self, Ingest};
+use telehub_hub::registry::{Registry, RegistryError, Revoked};
 use telehub_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -36,11 +37,17 @@ pub enum StartError {
     /// The HTTP listener could not bind.
     #[error(transparent)]
     Http(#[from] telehub_api::BindError),
+    /// The registry could not be loaded, or the first admin token made.
+    #[error("{0}")]
+    Registry(#[from] RegistryError),
 }
 
 /// telehub with its store open and its sockets bound; nothing runs yet.
 pub struct App {
     broker: Broker,
+    registry: Registry<Store>,
+    /// The admin token generated at this start, shown once.
+    first_token: Option<String>,
     http: telehub_api::Server,
     store: Arc<Store>,
     ingest_writer: ingest::Writer<Store>,
@@ -58,11 +65,31 @@ impl App {
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let data_dir = prepare_data_dir(&config.data_dir)?;
         let store = Arc::new(Store::open(&config.store, &data_dir).await?);
+        let registry =
+            Registry::open(store.clone(), config.auth.clone(), config.ingest.mappings.clone()).await?;
+        let env_token = std::env::var("TELEHUB_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+        let first_token = registry.bootstrap_admin(env_token.as_deref()).await?;
         let (ingest, ingest_writer) = Ingest::new(config.ingest.clone(), store.clone());
-        let broker = Broker::bind(config.mqtt.clone(), Some(Arc::new(ingest.clone()))).await?;
-        let http = telehub_api::Server::bind(config.http.clone(), store.clone(), ingest).await?;
+        let mut broker = Broker::bind(config.mqtt.clone(), Some(Arc::new(ingest.clone()))).await?;
+        broker.set_authenticator(Arc::new(registry.clone()));
+        let control = broker.control();
+        registry.on_revoke(move |revoked| {
+            let dropped = match revoked {
+                Revoked::Device(device) => control.disconnect_where(|p| p.device.as_ref() == Some(device)),
+                Revoked::Credential(id) => {
+                    control.disconnect_where(|p| p.credential.as_deref() == Some(id.as_str()))
+                }
+            };
+            if dropped > 0 {
+                info!(?revoked, connections = dropped, "revoked: connections dropped");
+            }
+        });
+        let tls = config.mqtt.tls.cert.clone().zip(config.mqtt.tls.key.clone());
+        let http =
+            telehub_api::Server::bind(config.http.clone(), store.clone(), ingest, registry.clone(), tls)
+                .await?;
         http.broker_stats(broker.stats());
-        Ok(Self { broker, http, store, ingest_writer, data_dir, config })
+        Ok(Self { broker, registry, first_token, http, store, ingest_writer, data_dir, config })
     }
 
     /// The bound MQTT address.
@@ -80,6 +107,11 @@ impl App {
         self.http.local_addr()
     }
 
+    /// The bound HTTPS address, when configured.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.http.https_addr()
+    }
+
     /// Logs the start-up block, serves until `signal` completes, then drains in order,
     /// all within `grace`: stops accepting (MQTT and HTTP), disconnects MQTT clients
     /// (MQTT 5: reason 0x8B) and lets HTTP requests in progress finish; then commits
@@ -92,9 +124,13 @@ impl App {
         let addrs = self.mqtt_addrs();
         // the optional listeners: a field (omitted when `None`) and a URL in the message
         let mut extra = String::new();
-        for (scheme, addr, path) in
-            [("mqtts", addrs.mqtts, ""), ("ws", addrs.ws, "/mqtt"), ("wss", addrs.wss, "/mqtt")]
-        {
+        let https = self.https_addr();
+        for (scheme, addr, path) in [
+            ("mqtts", addrs.mqtts, ""),
+            ("ws", addrs.ws, "/mqtt"),
+            ("wss", addrs.wss, "/mqtt"),
+            ("https", https, ""),
+        ] {
             if let Some(addr) = addr {
                 extra.push_str(&format!(", {scheme}://{addr}{path}"));
             }
@@ -106,6 +142,7 @@ impl App {
             ws = addrs.ws.map(tracing::field::display),
             wss = addrs.wss.map(tracing::field::display),
             http = %self.http_addr(),
+            https = https.map(tracing::field::display),
             data_dir = %self.data_dir.display(),
             store = self.store.backend(),
             "telehub started: mqtt://{} (MQTT 3.1/3.1.1/5.0){extra}, http://{}, data in {}",
@@ -113,8 +150,20 @@ impl App {
             self.http_addr(),
             self.data_dir.display(),
         );
-        if !self.config.mqtt.allow_anonymous {
-            warn!("device credentials are not implemented yet: every MQTT client is accepted");
+        if self.config.auth.allow_anonymous {
+            warn!(
+                "anonymous device access is on (auth.allow_anonymous / --allow-anonymous): clients without \
+                 credentials may connect, publish, subscribe and ingest; the admin API still needs a token"
+            );
+        }
+        if let Some(token) = &self.first_token {
+            // on stderr with the logs, once: only its SHA-256 is stored
+            eprintln!(
+                "\nFirst admin token (shown once, keep it safe):\n\n    {token}\n\n\
+                 Use it as `Authorization: Bearer <token>` on /api/v1/...; make more with\n\
+                 `telehub token create --scope read|write|admin` or POST /api/v1/tokens,\n\
+                 or set TELEHUB_ADMIN_TOKEN before the first start.\n"
+            );
         }
         // producers (broker, HTTP) stop first; the ingest writer after them, so every
         // record they still wait for gets committed
@@ -138,6 +187,8 @@ impl App {
         let stop_ingest = CancellationToken::new();
         let writer = TaskTracker::new();
         writer.spawn(self.ingest_writer.run(stop_ingest.clone()));
+        // the registry's audit writer stops with the ingest writer: after the producers
+        writer.spawn(self.registry.run(stop_ingest.clone()));
         writer.close();
         signal.await;
         info!("shutting down");
@@ -165,4 +216,29 @@ fn prepare_data_dir(path: &Path) -> Result<PathBuf, StartError> {
     std::fs::write(&probe, b"ok").map_err(err)?;
     std::fs::remove_file(&probe).map_err(err)?;
     std::fs::canonicalize(path).map_err(err)
+}
+
+/// `telehub token create`: makes an admin token in the configured store and returns its
+/// secret. A running telehub accepts it within seconds (it reloads admin tokens when it
+/// sees an unknown one).
+///
+/// # Errors
+///
+/// The store cannot be opened, or the token not saved.
+pub async fn create_token(
+    config: &Config,
+    name: String,
+    scopes: Vec<telehub_hub::registry::Scope>,
+    expires_at: Option<i64>,
+) -> anyhow::Result<(telehub_hub::registry::TokenInfo, String)> {
+    let data_dir = prepare_data_dir(&config.data_dir)?;
+    let store = Arc::new(Store::open(&config.store, &data_dir).await?);
+    let registry = Registry::open(store.clone(), config.auth.clone(), config.ingest.mappings.clone()).await?;
+    let made = registry.create_token(&telehub_hub::registry::Actor::cli(), name, scopes, expires_at).await;
+    // write the audit event, then close
+    let done = CancellationToken::new();
+    done.cancel();
+    registry.run(done).await;
+    store.close().await;
+    Ok(made?)
 }

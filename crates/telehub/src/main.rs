@@ -42,7 +42,12 @@ struct Cli {
     /// HTTP listen address (overrides `http.listen`).
     #[arg(long, global = true, value_name = "ADDR:PORT")]
     http_listen: Option<SocketAddr>,
-    /// Accept MQTT clients that present no credentials.
+    /// HTTPS listen address, with the `[mqtt.tls]` certificate (overrides
+    /// `http.https_listen`).
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
+    https_listen: Option<SocketAddr>,
+    /// Accept devices that present no credentials (MQTT and HTTP ingest; the admin API
+    /// always needs a token). Sets `auth.allow_anonymous`.
     #[arg(long, global = true)]
     allow_anonymous: bool,
     /// Store telemetry in PostgreSQL at this URL (`postgres://user:pass@host:port/db`)
@@ -68,6 +73,25 @@ enum Command {
     /// Inspect configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Manage admin API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Make an admin API token and print it (once).
+    Create {
+        /// A scope: read, write (includes read) or admin (includes write); repeatable.
+        #[arg(long = "scope", required = true, value_name = "SCOPE")]
+        scopes: Vec<telehub_hub::registry::Scope>,
+        /// A label shown in `GET /api/v1/tokens` and the audit log.
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// Expire after this long (e.g. `30d`); never without it.
+        #[arg(long, value_name = "DURATION", value_parser = telehub_core_duration)]
+        expires_in: Option<Duration>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -93,6 +117,7 @@ fn main() -> ExitCode {
         ws_listen: cli.ws_listen,
         wss_listen: cli.wss_listen,
         http_listen: cli.http_listen,
+        https_listen: cli.https_listen,
         allow_anonymous: cli.allow_anonymous,
         database_url: cli.database_url.clone(),
     };
@@ -115,6 +140,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(cli.log_format);
+    if let Some(Command::Token(TokenCommand::Create { scopes, name, expires_in })) = cli.command {
+        return token_create(&config, scopes, name, expires_in);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -152,6 +180,35 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+fn token_create(
+    config: &Config,
+    scopes: Vec<telehub_hub::registry::Scope>,
+    name: String,
+    expires_in: Option<Duration>,
+) -> ExitCode {
+    let expires_at = expires_in.map(|d| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        i64::try_from((now + d).as_millis()).unwrap_or(i64::MAX)
+    });
+    let made = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(telehub::app::create_token(config, name, scopes, expires_at)));
+    match made {
+        Ok((info, secret)) => {
+            let scopes: Vec<&str> = info.scopes.iter().map(|s| s.as_str()).collect();
+            eprintln!("token {} ({}) with scopes {}; shown once:", info.id, info.name, scopes.join(", "));
+            println!("{secret}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("telehub: cannot create the token: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn init_tracing(format: LogFormat) {

@@ -159,6 +159,7 @@ impl Mapping {
             Self::new("devices/+/telemetry", DeviceSource::TopicLevel(1)),
             Self::new("sensor/data", DeviceSource::Field("device_id".into())),
             Self::new("+/telemetry", DeviceSource::TopicLevel(0)),
+            Self::new("/devices/+/events", DeviceSource::TopicLevel(2)),
             Self::new("sensors/#", DeviceSource::TopicLevel(1)),
         ]
     }

@@ -353,6 +353,8 @@ mod tests {
         assert!(acl.may_subscribe(Some(&d), "devices/nl-1/commands"));
         assert!(acl.may_subscribe(Some(&d), "nl-1/#"));
         assert!(acl.may_subscribe(Some(&d), "devices/nl-1/+"));
+        assert!(acl.may_subscribe(Some(&d), "/devices/nl-1/commands/#"), "Cloud IoT Core layout");
+        assert!(!acl.may_subscribe(Some(&d), "/devices/+/commands/#"));
         for filter in ["#", "+/commands", "devices/+/commands", "nl-2/commands", "devices/#"] {
             assert!(!acl.may_subscribe(Some(&d), filter), "{filter}");
         }

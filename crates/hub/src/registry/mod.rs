@@ -1563,6 +1563,8 @@ async fn load<S: RegistryStore>(store: &S) -> Result<State, RegistryError> {
                 let t: AdminToken = serde_json::from_value(e.body.clone()).map_err(|x| bad(x.to_string()))?;
                 state.add_admin(t);
             }
+            // kept in the same table by the services that own them
+            Kind::Rule | Kind::Webhook => {}
         }
     }
     state.api_rules.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));

@@ -30,6 +30,8 @@ pub struct Config {
     pub ingest: telehub_hub::ingest::Config,
     /// Where telemetry is stored: SQLite in the data directory, or PostgreSQL.
     pub store: telehub_store::Config,
+    /// Who may connect, publish, subscribe and administer.
+    pub auth: telehub_hub::registry::AuthConfig,
 }
 
 impl Default for Config {
@@ -40,6 +42,7 @@ impl Default for Config {
             http: telehub_api::Config::default(),
             ingest: telehub_hub::ingest::Config::default(),
             store: telehub_store::Config::default(),
+            auth: telehub_hub::registry::AuthConfig::default(),
         }
     }
 }
@@ -59,6 +62,8 @@ pub struct Overrides {
     pub wss_listen: Option<SocketAddr>,
     /// `--http-listen`.
     pub http_listen: Option<SocketAddr>,
+    /// `--https-listen` (overrides `http.https_listen`).
+    pub https_listen: Option<SocketAddr>,
     /// `--allow-anonymous`.
     pub allow_anonymous: bool,
     /// `--database-url` (`postgres://…`; overrides `store.url`).
@@ -124,8 +129,11 @@ impl Config {
         if let Some(addr) = overrides.http_listen {
             figment = figment.merge(Named::new("--http-listen", "http.listen", addr));
         }
+        if let Some(addr) = overrides.https_listen {
+            figment = figment.merge(Named::new("--https-listen", "http.https_listen", addr));
+        }
         if overrides.allow_anonymous {
-            figment = figment.merge(Named::new("--allow-anonymous", "mqtt.allow_anonymous", true));
+            figment = figment.merge(Named::new("--allow-anonymous", "auth.allow_anonymous", true));
         }
         if let Some(url) = &overrides.database_url {
             figment = figment.merge(Named::new("--database-url", "store.url", url));

@@ -39,8 +39,8 @@ fn file_then_env_then_flags_override_in_order() {
 #[test]
 fn allow_anonymous_flag_sets_the_config_switch() {
     let flags = Overrides { allow_anonymous: true, ..Overrides::default() };
-    assert!(load(None, &[], &flags).unwrap().mqtt.allow_anonymous);
-    assert!(!load(None, &[], &Overrides::default()).unwrap().mqtt.allow_anonymous);
+    assert!(load(None, &[], &flags).unwrap().auth.allow_anonymous);
+    assert!(!load(None, &[], &Overrides::default()).unwrap().auth.allow_anonymous);
 }
 
 #[test]

@@ -23,8 +23,12 @@ pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_telehub");
 /// keeps a broken build from hanging the suite.
 pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The admin token every test hub accepts (`TELEHUB_ADMIN_TOKEN`).
+pub(crate) const ADMIN_TOKEN: &str = "e2e-admin-token-not-secret-0123456789";
+
 /// A `telehub` command with a predictable environment: no `TELEHUB_*` variables leaking in
-/// from the developer's shell and `info` logging (the start-up line is at `info`).
+/// from the developer's shell but [`ADMIN_TOKEN`] as `TELEHUB_ADMIN_TOKEN`, and `info`
+/// logging (the start-up line is at `info`).
 pub(crate) fn telehub_command() -> Command {
     let mut cmd = Command::new(BIN);
     for (key, _) in std::env::vars_os() {
@@ -32,7 +36,7 @@ pub(crate) fn telehub_command() -> Command {
             cmd.env_remove(&key);
         }
     }
-    cmd.env("RUST_LOG", "info");
+    cmd.env("RUST_LOG", "info").env("TELEHUB_ADMIN_TOKEN", ADMIN_TOKEN);
     cmd
 }
 
@@ -299,7 +303,9 @@ pub(crate) struct Telehub {
 }
 
 impl Telehub {
-    /// Starts `telehub serve` and waits for its start-up line.
+    /// Starts `telehub serve` with anonymous device access (`--allow-anonymous`, as the
+    /// tutorials' devices have no credentials) and waits for its start-up line. The
+    /// security tests start their hubs without it.
     pub(crate) fn start() -> Self {
         Self::start_with(|_| {})
     }
@@ -320,6 +326,7 @@ impl Telehub {
             "127.0.0.1:0",
             "--log-format",
             "json",
+            "--allow-anonymous",
         ]);
         configure(&mut cmd);
         let proc = Proc::spawn(&mut cmd);
@@ -462,10 +469,16 @@ impl Reply {
     }
 }
 
-/// `curl -sS <args> <url>` (bounded by curl's own `--max-time` and [`TIMEOUT`]).
+/// `curl -sS <args> <url>` (bounded by curl's own `--max-time` and [`TIMEOUT`]). Calls of
+/// the admin API (`/api/v1/`) carry [`ADMIN_TOKEN`] unless `args` set an `Authorization`
+/// header themselves (`-H "Authorization:"` sends none).
 pub(crate) fn curl(url: &str, args: &[&str]) -> Reply {
+    let bearer = format!("Authorization: Bearer {ADMIN_TOKEN}");
+    let own_auth = args.iter().any(|a| a.to_ascii_lowercase().starts_with("authorization:"));
+    let admin: &[&str] = if url.contains("/api/v1/") && !own_auth { &["-H", &bearer] } else { &[] };
     let f = run(Command::new("curl")
         .args(["-sS", "--max-time", "10", "-w", "\n%{http_code} %{content_type}"])
+        .args(admin)
         .args(args)
         .arg(url));
     assert!(f.status.success(), "curl {args:?} {url} failed: {:?}\n{}", f.status, f.stderr_text());
