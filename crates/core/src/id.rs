@@ -99,6 +99,19 @@ impl fmt::Debug for DeviceId {
     }
 }
 
+impl serde::Serialize for DeviceId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeviceId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::new(text.clone()).map_err(|e| serde::de::Error::custom(format!("device id {text:?}: {e}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,18 +124,5 @@ mod tests {
         assert_eq!(DeviceId::new("a+"), Err(DeviceIdError::InvalidCharacter));
         assert_eq!(DeviceId::new("a\nb"), Err(DeviceIdError::InvalidCharacter));
         assert_eq!(DeviceId::new("x".repeat(129)), Err(DeviceIdError::TooLong));
-    }
-}
-
-impl serde::Serialize for DeviceId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for DeviceId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Self::new(text.clone()).map_err(|e| serde::de::Error::custom(format!("device id {text:?}: {e}")))
     }
 }
