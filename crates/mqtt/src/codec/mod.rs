@@ -485,7 +485,8 @@ fn v5_out(packet: Outbound) -> v5::Packet {
                 assigned_client_id: assigned_client_id.map(|c| c.to_byte_string()),
                 server_keepalive_sec: server_keep_alive,
                 receive_max: NonZeroU16::new(receive_maximum).unwrap_or(NonZeroU16::MAX),
-                max_packet_size: Some(maximum_packet_size),
+                // [MQTT-3.2.2.3.6] zero is a protocol error: 0 means "no limit", sent as absent
+                max_packet_size: (maximum_packet_size > 0).then_some(maximum_packet_size),
                 shared_subscription_available: true,
                 subscription_identifiers_available: true,
                 topic_alias_max: topic_alias_maximum,

@@ -239,6 +239,30 @@ fn refused_connack_codes_per_version() {
 }
 
 #[test]
+fn v5_connack_never_carries_a_zero_maximum_packet_size() {
+    // [MQTT-3.2.2.3.6] a zero Maximum Packet Size is a protocol error (Mosquitto's clients
+    // drop the connection on it): "no limit" is sent as no property
+    for (limit, property) in [(0u32, None), (1024, Some([0x27, 0, 0, 4, 0]))] {
+        let mut buf = BytesMut::new();
+        let connack = Outbound::ConnAck {
+            session_present: false,
+            code: ConnAckCode::BadCredentials,
+            assigned_client_id: None,
+            server_keep_alive: None,
+            receive_maximum: 1,
+            maximum_packet_size: limit,
+            topic_alias_maximum: 0,
+        };
+        Encoder::new(ProtocolVersion::V5, 0).encode(connack, &mut buf).unwrap();
+        let has = |p: &[u8]| buf.windows(p.len()).any(|w| w == p);
+        assert!(!has(&[0x27, 0, 0, 0, 0]), "zero maximum packet size sent: {buf:02x?}");
+        if let Some(p) = property {
+            assert!(has(&p), "maximum packet size {limit} missing: {buf:02x?}");
+        }
+    }
+}
+
+#[test]
 fn encoder_writes_v5_disconnect_with_reason() {
     let mut e = Encoder::new(ProtocolVersion::V5, 0);
     let mut buf = BytesMut::new();

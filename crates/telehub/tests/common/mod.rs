@@ -318,6 +318,16 @@ impl Telehub {
     /// As [`Telehub::start_with`], on the data left in `data` by an earlier run (see
     /// [`Telehub::kill9`]), on new ports.
     pub(crate) fn start_in(data: tempfile::TempDir, configure: impl FnOnce(&mut Command)) -> Self {
+        Self::launch(data, true, configure)
+    }
+
+    /// As [`Telehub::start_in`] without `--allow-anonymous`: secure by default, as a user
+    /// runs it.
+    pub(crate) fn start_secure_in(data: tempfile::TempDir, configure: impl FnOnce(&mut Command)) -> Self {
+        Self::launch(data, false, configure)
+    }
+
+    fn launch(data: tempfile::TempDir, anonymous: bool, configure: impl FnOnce(&mut Command)) -> Self {
         let mut cmd = telehub_command();
         cmd.arg("serve").arg("--data-dir").arg(data.path().join("data")).args([
             "--mqtt-listen",
@@ -326,8 +336,10 @@ impl Telehub {
             "127.0.0.1:0",
             "--log-format",
             "json",
-            "--allow-anonymous",
         ]);
+        if anonymous {
+            cmd.arg("--allow-anonymous");
+        }
         configure(&mut cmd);
         let proc = Proc::spawn(&mut cmd);
         let line = proc.expect_stderr("the start-up log line with the MQTT and HTTP addresses", |l| {
@@ -363,6 +375,11 @@ impl Telehub {
     /// Waits for a log line matching `pred`; panics with the whole log when none comes.
     pub(crate) fn expect_log(&self, what: &str, pred: impl FnMut(&str) -> bool) -> String {
         self.proc.expect_stderr(what, pred)
+    }
+
+    /// Every line logged so far.
+    pub(crate) fn log_lines(&self) -> Vec<String> {
+        self.proc.stderr().snapshot()
     }
 
     /// Sends `signal` by PID and waits (bounded) for the process to exit.
@@ -489,5 +506,18 @@ pub(crate) fn curl(url: &str, args: &[&str]) -> Reply {
         status: status.parse().expect("curl's status code"),
         content_type: content_type.into(),
         body: body.into(),
+    }
+}
+
+/// Polls `pred` every 50 ms until it holds; panics naming `what` after [`TIMEOUT`].
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a test thread outside any runtime, polling a child process it cannot await"
+)]
+pub(crate) fn eventually(what: &str, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !pred() {
+        assert!(Instant::now() < deadline, "{what}: still not so after {TIMEOUT:?}");
+        thread::sleep(Duration::from_millis(50));
     }
 }
