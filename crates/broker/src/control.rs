@@ -101,6 +101,8 @@ impl Drop for Registration {
 #[derive(Clone)]
 pub struct Control {
     pub(crate) live: Arc<Live>,
+    /// Weak: the registry holds a `Control` and the broker holds the registry.
+    pub(crate) shared: std::sync::Weak<crate::Shared>,
 }
 
 impl std::fmt::Debug for Control {
@@ -110,6 +112,17 @@ impl std::fmt::Debug for Control {
 }
 
 impl Control {
+    /// Publishes `message` as the hub (a command to a device, a rule's action): it is
+    /// retained if flagged, offered to the ingest hook with no publisher (as a will is),
+    /// and queued for every matching session. Returns how many sessions it was queued
+    /// for; 0 when nobody subscribes or the broker is gone.
+    pub async fn publish(&self, message: telehub_core::Message) -> usize {
+        match self.shared.upgrade() {
+            Some(shared) => crate::sessions::publish_from_hub(&shared, Arc::new(message)).await,
+            None => 0,
+        }
+    }
+
     /// Closes every connection whose [`Principal`] matches `pred`; returns how many it
     /// picked. MQTT 5 clients are sent DISCONNECT 0x98 (Administrative action) first;
     /// their wills are published as for any connection the server closes (an

@@ -196,7 +196,7 @@ impl Broker {
     /// A handle on the broker's live connections ([`Control::disconnect_where`]),
     /// valid before, while and after the broker runs.
     pub fn control(&self) -> Control {
-        Control { live: Arc::clone(&self.shared.live) }
+        Control { live: Arc::clone(&self.shared.live), shared: Arc::downgrade(&self.shared) }
     }
 
     /// The broker's counters, readable while it runs.

@@ -431,25 +431,37 @@ pub(crate) async fn publish(
     ack
 }
 
+/// Publishes a message of the hub's (a command, a rule's action): like a will, the
+/// ingest hook sees it with no publisher. Returns how many sessions it was queued for.
+pub(crate) async fn publish_from_hub(shared: &Shared, message: Arc<Message>) -> usize {
+    if let Some(hook) = &shared.hook {
+        // the hub stores it whether or not this future is polled
+        drop(hook.offer(None, &message));
+    }
+    route(shared, None, &message).await
+}
+
 /// Publishes a message of the broker's own (`$SYS`): retained store and subscribers, but
 /// not the ingest hook, which receives only what clients publish and their wills (its
 /// `None` publisher means a will). Without this the hub ingested the broker's counters
 /// as if they were wills (found by tests/ingest.rs).
 pub(crate) async fn publish_internal(shared: &Shared, message: Arc<Message>) {
-    route(shared, None, &message).await;
+    let _ = route(shared, None, &message).await;
 }
 
 /// Stores or clears the retained copy, then queues `message` for every matching
-/// session, with its expiry on the broker's clock.
-async fn route(shared: &Shared, from: Option<&ClientId>, message: &Arc<Message>) {
+/// session, with its expiry on the broker's clock. Returns how many sessions it went to.
+async fn route(shared: &Shared, from: Option<&ClientId>, message: &Arc<Message>) -> usize {
     let expires_at = message.properties.message_expiry.map(|d| BrokerTime(shared.now().0 + d));
     if message.retain {
         shared.router.retain(message, expires_at);
     }
+    let mut sessions = 0;
     for target in shared.router.targets(&message.topic) {
         if target.no_local && from == Some(&target.entry.client_id) {
             continue; // [MQTT-3.8.3-3] No Local
         }
+        sessions += 1;
         let delivery = Delivery {
             message: Arc::clone(message),
             qos: message.qos.min(target.qos),
@@ -460,4 +472,5 @@ async fn route(shared: &Shared, from: Option<&ClientId>, message: &Arc<Message>)
         };
         target.entry.enqueue(shared, delivery).await;
     }
+    sessions
 }

@@ -228,3 +228,30 @@ async fn broker_shutdown_disconnects_every_client() {
     v3.expect_closed().await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener closed");
 }
+
+#[tokio::test]
+async fn the_hub_publishes_through_control_and_learns_how_many_sessions_took_it() {
+    let broker = TestBroker::start().await;
+    let control = broker.control();
+    let command = |topic: &str| telehub_core::Message {
+        topic: telehub_core::TopicName::new(topic).unwrap(),
+        payload: bytes::Bytes::from_static(b"{\"led_on\":true}"),
+        qos: telehub_core::QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+    };
+    assert_eq!(control.publish(command("nl-1/commands")).await, 0, "nobody subscribes yet");
+    let (mut device, _) = broker.client(&Connect::v311("nl-1")).await;
+    assert_eq!(device.subscribe(1, &[("nl-1/commands", 1)]).await, [1]);
+    assert_eq!(control.publish(command("nl-1/commands")).await, 1);
+    let d = device.expect_publish().await;
+    assert_eq!((d.topic.as_str(), d.qos, &d.payload[..]), ("nl-1/commands", 1, &b"{\"led_on\":true}"[..]));
+    device.send(&build::puback(d.id())).await;
+    device.disconnect().await;
+    broker.stop().await;
+    assert_eq!(
+        control.publish(command("nl-1/commands")).await,
+        0,
+        "nobody subscribes once the broker stopped"
+    );
+}

@@ -2,6 +2,9 @@
 //!
 //! # Layout
 //!
+//! * [`events`]: [`events::Events`], the broadcast of hub events (device connected, command
+//!   state, alerts), and [`events::Tap`], the broker hook feeding accepted messages to
+//!   bounded feeds beside telemetry ingest.
 //! * [`ingest`]: published messages and HTTP bodies → [`telehub_store::Record`]s (ingest
 //!   mappings: topic → device, payload → points), and the bounded queue whose writer
 //!   groups many callers' records into one store write. [`ingest::Ingest`] is the
@@ -12,6 +15,7 @@
 //! * [`timestamp`]: timestamps as devices send them (RFC 3339 or Unix milliseconds) and
 //!   as the API answers them (RFC 3339).
 
+pub mod events;
 pub mod ingest;
 pub mod registry;
 pub mod retention;

@@ -293,6 +293,8 @@ struct Presence {
 
 /// What ends revoked connections ([`Registry::on_revoke`]).
 type RevokeHook = Box<dyn Fn(&Revoked) + Send + Sync>;
+/// Who hears that a device came online or went offline ([`Registry::on_presence`]).
+type PresenceHook = Box<dyn Fn(&DeviceId, bool) + Send + Sync>;
 
 struct Inner<S> {
     store: Arc<S>,
@@ -311,6 +313,7 @@ struct Inner<S> {
     audit_rx: Mutex<Option<mpsc::Receiver<AuditEvent>>>,
     audit_dropped: AtomicU64,
     revoke: OnceLock<RevokeHook>,
+    presence_hook: OnceLock<PresenceHook>,
     reload_tokens: Notify,
 }
 
@@ -385,6 +388,7 @@ impl<S: RegistryStore> Registry<S> {
                 audit_rx: Mutex::new(Some(audit_rx)),
                 audit_dropped: AtomicU64::new(0),
                 revoke: OnceLock::new(),
+                presence_hook: OnceLock::new(),
                 reload_tokens: Notify::new(),
             }),
         })
@@ -399,6 +403,13 @@ impl<S: RegistryStore> Registry<S> {
     /// control handle). Only the first call counts.
     pub fn on_revoke(&self, f: impl Fn(&Revoked) + Send + Sync + 'static) {
         let _ = self.inner.revoke.set(Box::new(f));
+    }
+
+    /// Sets who hears that a device's first MQTT connection opened (`true`) or its last
+    /// one closed (`false`). Called on the connection's task: must not block. Only the
+    /// first call counts.
+    pub fn on_presence(&self, f: impl Fn(&DeviceId, bool) + Send + Sync + 'static) {
+        let _ = self.inner.presence_hook.set(Box::new(f));
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -1449,19 +1460,31 @@ impl<S: RegistryStore> Authenticator for Registry<S> {
 
     fn connected(&self, who: &Principal, _client: &ClientId, _peer: SocketAddr) {
         if let Some(d) = &who.device {
-            let mut presence = lock(&self.inner.presence);
-            let p = presence.entry(d.clone()).or_default();
-            p.connections += 1;
-            p.last_seen = Some(now_ms());
+            let first = {
+                let mut presence = lock(&self.inner.presence);
+                let p = presence.entry(d.clone()).or_default();
+                p.connections += 1;
+                p.last_seen = Some(now_ms());
+                p.connections == 1
+            };
+            if let (true, Some(hook)) = (first, self.inner.presence_hook.get()) {
+                hook(d, true);
+            }
         }
     }
 
     fn disconnected(&self, who: &Principal, _client: &ClientId) {
         if let Some(d) = &who.device {
-            let mut presence = lock(&self.inner.presence);
-            let p = presence.entry(d.clone()).or_default();
-            p.connections = p.connections.saturating_sub(1);
-            p.last_seen = Some(now_ms());
+            let last = {
+                let mut presence = lock(&self.inner.presence);
+                let p = presence.entry(d.clone()).or_default();
+                p.connections = p.connections.saturating_sub(1);
+                p.last_seen = Some(now_ms());
+                p.connections == 0
+            };
+            if let (true, Some(hook)) = (last, self.inner.presence_hook.get()) {
+                hook(d, false);
+            }
         }
     }
 }
