@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use telehub_broker::Broker;
+use telehub_hub::events::{Events, HubEvent, Tap};
 use telehub_hub::ingest::{self, Ingest};
 use telehub_hub::registry::{Registry, RegistryError, Revoked};
 use telehub_store::Store;
@@ -15,6 +16,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+
+/// Hub events kept for the slowest listener (webhooks, live streams).
+const EVENT_BUFFER: usize = 4096;
 
 /// Start-up failed for a reason the operator must fix (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +49,8 @@ pub enum StartError {
 /// telehub with its store open and its sockets bound; nothing runs yet.
 pub struct App {
     broker: Broker,
+    /// Hub events (presence, commands, alerts).
+    events: Events,
     registry: Registry<Store>,
     /// The admin token generated at this start, shown once.
     first_token: Option<String>,
@@ -70,7 +76,22 @@ impl App {
         let env_token = std::env::var("TELEHUB_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
         let first_token = registry.bootstrap_admin(env_token.as_deref()).await?;
         let (ingest, ingest_writer) = Ingest::new(config.ingest.clone(), store.clone());
-        let mut broker = Broker::bind(config.mqtt.clone(), Some(Arc::new(ingest.clone()))).await?;
+        // hub events (presence, commands, alerts) for webhooks and live streams
+        let events = Events::new(EVENT_BUFFER);
+        registry.on_presence({
+            let events = events.clone();
+            move |device, online| {
+                let (device, at) = (device.to_string(), telehub_hub::timestamp::now().0);
+                events.emit(if online {
+                    HubEvent::DeviceConnected { device, at }
+                } else {
+                    HubEvent::DeviceDisconnected { device, at }
+                });
+            }
+        });
+        // every accepted message: telemetry ingest, then the hub's feeds
+        let tap = Tap::new(ingest.clone());
+        let mut broker = Broker::bind(config.mqtt.clone(), Some(Arc::new(tap))).await?;
         broker.set_authenticator(Arc::new(registry.clone()));
         let control = broker.control();
         registry.on_revoke(move |revoked| {
@@ -89,7 +110,12 @@ impl App {
             telehub_api::Server::bind(config.http.clone(), store.clone(), ingest, registry.clone(), tls)
                 .await?;
         http.broker_stats(broker.stats());
-        Ok(Self { broker, registry, first_token, http, store, ingest_writer, data_dir, config })
+        Ok(Self { broker, events, registry, first_token, http, store, ingest_writer, data_dir, config })
+    }
+
+    /// The hub's event broadcast (device presence, commands, alerts).
+    pub fn events(&self) -> Events {
+        self.events.clone()
     }
 
     /// The bound MQTT address.
