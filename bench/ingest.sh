@@ -35,7 +35,9 @@
 # (64), BATCH (500), DAYS (30), QUERIES (20), PORT (28840; HTTP on PORT+1), KEEP (set to
 # keep the work directory), POSTGRES_URL and DB_PID (a database to use and its
 # postmaster's PID; by default scripts/postgres.sh starts a cluster of our own in PG_DIR,
-# /tmp/telehub-ingest-postgres, and stops it at the end).
+# /tmp/telehub-ingest-postgres, and stops it at the end), TELEHUB_ADMIN_TOKEN (telehub's
+# admin token, sent on every /api/v1 call; a random one by default). telehub runs with
+# --allow-anonymous and without the per-IP connection and HTTP request rate limits.
 set -euo pipefail
 table_file=""
 if [ "${1:-}" = --table ]; then table_file=$(realpath "$2"); fi
@@ -218,6 +220,16 @@ echo "# commit $commit$([ "$dirty" -gt 0 ] && echo " (+ $dirty uncommitted files
   "PostgreSQL $(psql -V 2>/dev/null | awk '{print $3}')" >"$results"
 echo "#params PUBLISHERS=$PUBLISHERS WINDOW=$WINDOW FIELDS=$FIELDS CONNECTIONS=$CONNECTIONS BATCH=$BATCH DAYS=$DAYS QUERIES=$QUERIES" >>"$results"
 
+# telehub: anonymous devices (--allow-anonymous); no per-IP connection rate and no HTTP
+# request rate: every benchmark client comes from 127.0.0.1, and the API calls all use
+# one token
+printf '%s\n' "[auth.rate]" "connections_per_ip = 0" "http_requests = 0" >"$work/telehub.toml"
+
+# telehub's admin API (/api/v1) needs a token: ours, set before it starts; the generator
+# reads it from the environment as well, curl gets it in a header
+TELEHUB_ADMIN_TOKEN=${TELEHUB_ADMIN_TOKEN:-bench-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')}
+export TELEHUB_ADMIN_TOKEN
+
 hub_pid="" schema=""
 pg_admin() { psql "$POSTGRES_URL" -q -v ON_ERROR_STOP=1 -c "SET client_min_messages = warning; $1" >/dev/null; }
 stop_hub() {
@@ -255,7 +267,7 @@ start_hub() {
     [[ $POSTGRES_URL == *\?* ]] && sep='&'
     db=(--database-url "${POSTGRES_URL}${sep}options=-csearch_path%3D${schema}")
   fi
-  "$work/bin/telehub" serve --data-dir "$work/data" --allow-anonymous "${db[@]}" \
+  "$work/bin/telehub" serve --config "$work/telehub.toml" --data-dir "$work/data" --allow-anonymous "${db[@]}" \
     --mqtt-listen "127.0.0.1:$PORT" --http-listen "127.0.0.1:$HTTP_PORT" >>"$work/telehub.log" 2>&1 &
   hub_pid=$!
   for _ in $(seq 100); do
@@ -286,9 +298,10 @@ curl_median() {
   end=$(sed -n 's/.* end_ms=\([0-9]*\).*/\1/p' <<<"$line")
   from=$((end - DAYS * 86400000))
   url="http://127.0.0.1:$HTTP_PORT/api/v1/devices/$device/telemetry?metric=x&from=$from&to=$end&step=1h&agg=mean,min,max"
-  curl -fsS -o /dev/null "$url" # warm-up, like the generator's
+  local auth=(-H "Authorization: Bearer $TELEHUB_ADMIN_TOKEN")
+  curl -fsS "${auth[@]}" -o /dev/null "$url" # warm-up, like the generator's
   for _ in $(seq "$QUERIES"); do
-    curl -fsS -o /dev/null -w '%{time_total}\n' "$url"
+    curl -fsS "${auth[@]}" -o /dev/null -w '%{time_total}\n' "$url"
   done | sort -g | awk '{ v[NR] = $1 * 1000 } END { if (NR % 2) printf "%.2f\n", v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 

@@ -12,7 +12,9 @@
 #
 # Environment: RUNS (3), DURATION (10s), IDLE_CONNECTIONS (10000), PORT (28830),
 # SCENARIOS (all: fan-in-qos0 fan-in-qos1 fan-out latency idle), MOSQUITTO
-# (/usr/sbin/mosquitto), KEEP (set to keep the work directory).
+# (/usr/sbin/mosquitto), KEEP (set to keep the work directory), TELEHUB_ADMIN_TOKEN (telehub's
+# admin token; a random one by default). telehub runs with --allow-anonymous and without
+# the per-IP connection rate limit (all clients are on 127.0.0.1).
 set -euo pipefail
 table_file=""
 if [ "${1:-}" = --table ]; then table_file=$(realpath "$2"); fi
@@ -137,6 +139,16 @@ dirty=$(git status --porcelain --untracked-files=no | wc -l)
 echo "# commit $commit$([ "$dirty" -gt 0 ] && echo " (+ $dirty uncommitted files)"), $(date -u +%Y-%m-%dT%H:%MZ)," \
   "$(nproc) × $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $RUNS runs, DURATION=$DURATION" >"$results"
 
+# telehub: anonymous clients (--allow-anonymous), and no per-IP connection rate or HTTP
+# request rate: every benchmark client comes from 127.0.0.1 (idle opens thousands of
+# connections)
+printf '%s\n' "[auth.rate]" "connections_per_ip = 0" "http_requests = 0" >"$work/telehub.toml"
+
+# telehub's admin API needs a token: ours, set before it starts (the generator reads it
+# from the environment as well)
+TELEHUB_ADMIN_TOKEN=${TELEHUB_ADMIN_TOKEN:-bench-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')}
+export TELEHUB_ADMIN_TOKEN
+
 broker_pid=""
 cleanup() {
   if [ -n "$broker_pid" ]; then
@@ -171,7 +183,7 @@ start_broker() {
   case $kind in
     telehub)
       rm -rf "$work/data"
-      "$work/bin/telehub" serve --data-dir "$work/data" --allow-anonymous \
+      "$work/bin/telehub" serve --config "$work/telehub.toml" --data-dir "$work/data" --allow-anonymous \
         --mqtt-listen "127.0.0.1:$PORT" --http-listen "127.0.0.1:$((PORT + 1))" \
         >>"$work/telehub.log" 2>&1 &
       ;;

@@ -11,17 +11,25 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::wire::{self, CONNACK, SUBACK};
+use crate::wire::{self, CONNACK, Login, SUBACK};
 
 /// Bytes read per `read` at most, and the starting capacity of a read buffer.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
 
+/// A CONNACK's return code (0: accepted; 3.1.1: 4 bad user name or password, 5 not
+/// authorized).
+pub(crate) fn connack_code(frame: &wire::Frame<'_>) -> Result<u8> {
+    match frame.body {
+        [_, code] => Ok(*code),
+        _ => bail!("malformed CONNACK"),
+    }
+}
+
 /// Checks a CONNACK and SUBACK.
 fn check_connack(frame: &wire::Frame<'_>) -> Result<()> {
-    match frame.body {
-        [_, 0] => Ok(()),
-        [_, code] => bail!("CONNACK refused: return code {code}"),
-        _ => bail!("malformed CONNACK"),
+    match connack_code(frame)? {
+        0 => Ok(()),
+        code => bail!("CONNACK refused: return code {code}"),
     }
 }
 
@@ -42,24 +50,35 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// Connects and completes CONNECT/CONNACK.
+    /// Connects anonymously and completes CONNECT/CONNACK.
     pub(crate) async fn connect(addr: SocketAddr, client_id: &str, keep_alive: u16) -> Result<Self> {
-        Self::connect_with_buffer(addr, client_id, keep_alive, READ_CHUNK).await
+        Self::connect_with_buffer(addr, client_id, keep_alive, &Login::anonymous(), READ_CHUNK).await
     }
 
-    /// As [`Conn::connect`] with a read buffer of `capacity` bytes (small for idle
+    /// As [`Conn::connect`] with `login`'s user name and password.
+    pub(crate) async fn connect_as(
+        addr: SocketAddr,
+        client_id: &str,
+        keep_alive: u16,
+        login: &Login,
+    ) -> Result<Self> {
+        Self::connect_with_buffer(addr, client_id, keep_alive, login, READ_CHUNK).await
+    }
+
+    /// As [`Conn::connect_as`] with a read buffer of `capacity` bytes (small for idle
     /// connections).
     pub(crate) async fn connect_with_buffer(
         addr: SocketAddr,
         client_id: &str,
         keep_alive: u16,
+        login: &Login,
         capacity: usize,
     ) -> Result<Self> {
         let stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
         let mut conn = Self { stream, rbuf: BytesMut::with_capacity(capacity) };
         let mut out = BytesMut::new();
-        wire::connect(&mut out, client_id, keep_alive);
+        wire::connect(&mut out, client_id, keep_alive, login);
         conn.stream.write_all(&out).await?;
         conn.expect(CONNACK, check_connack).await.with_context(|| format!("{client_id}: CONNECT"))?;
         Ok(conn)
@@ -115,7 +134,7 @@ impl SyncConn {
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         let mut conn = Self { stream, rbuf: BytesMut::with_capacity(READ_CHUNK) };
         let mut out = BytesMut::new();
-        wire::connect(&mut out, client_id, keep_alive);
+        wire::connect(&mut out, client_id, keep_alive, &Login::anonymous());
         conn.stream.write_all(&out)?;
         conn.expect(CONNACK, check_connack).with_context(|| format!("{client_id}: CONNECT"))?;
         Ok(conn)

@@ -1,6 +1,13 @@
 //! Fan-in: N publishers → 1 subscriber on `<prefix>/+`. Reports the rate the subscriber
 //! received at and, at QoS 1, how many acknowledged messages never arrived.
+//!
+//! With `--lanes`, each publisher publishes in its device's own lane,
+//! `devices/{device}/bench`, and the subscriber subscribes `devices/+/bench`; with
+//! `--pub-credentials` and `--sub-username`/`--sub-password` they authenticate, so a
+//! broker that checks ACLs checks every PUBLISH against the publisher's lane and the
+//! subscription against its rules.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -14,7 +21,7 @@ use crate::procstat::CpuWindow;
 use crate::publisher::{self, Limit};
 use crate::report::Report;
 use crate::subscriber::{self, KEEP_ALIVE};
-use crate::wire::PublishTemplate;
+use crate::wire::{Login, PublishTemplate};
 use crate::{Run, Target};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -28,6 +35,21 @@ pub(crate) struct Args {
     /// In-flight window of each QoS 1 publisher.
     #[arg(long, default_value_t = 100)]
     window: usize,
+    /// Publish in device lanes: `devices/{device}/bench`, subscribed as
+    /// `devices/+/bench`. The device is the publisher's user name from
+    /// `--pub-credentials`, else `lg-<generator PID>-p<i>`.
+    #[arg(long)]
+    lanes: bool,
+    /// The publishers' credentials: a file of `<user name> <password>` lines, line i
+    /// for publisher i (blank lines and `#` comments skipped).
+    #[arg(long, value_name = "FILE")]
+    pub_credentials: Option<PathBuf>,
+    /// The subscriber's user name.
+    #[arg(long, requires = "sub_password")]
+    sub_username: Option<String>,
+    /// The subscriber's password.
+    #[arg(long, requires = "sub_username")]
+    sub_password: Option<String>,
     #[command(flatten)]
     run: Run,
 }
@@ -35,11 +57,29 @@ pub(crate) struct Args {
 pub(crate) async fn run(target: &Target, args: &Args) -> Result<Report> {
     let tag = format!("lg-{}", std::process::id());
     let prefix = format!("lg/{}/fan-in", std::process::id());
-    let mut sub = Conn::connect(target.addr, &format!("{tag}-sub"), KEEP_ALIVE).await?;
-    sub.subscribe(&format!("{prefix}/+"), args.qos).await?;
+    let logins = match &args.pub_credentials {
+        Some(path) => read_credentials(path, args.publishers)?,
+        None => vec![Login::anonymous(); args.publishers],
+    };
+    let topics: Vec<String> = logins
+        .iter()
+        .enumerate()
+        .map(|(i, login)| match (args.lanes, &login.username) {
+            (true, Some(device)) => format!("devices/{device}/bench"),
+            (true, None) => format!("devices/{tag}-p{i}/bench"),
+            (false, _) => format!("{prefix}/{i}"),
+        })
+        .collect();
+    let filter = if args.lanes { "devices/+/bench".to_owned() } else { format!("{prefix}/+") };
+    let sub_login = match (&args.sub_username, &args.sub_password) {
+        (Some(u), Some(p)) => Login::new(u.clone(), p.clone()),
+        _ => Login::anonymous(),
+    };
+    let mut sub = Conn::connect_as(target.addr, &format!("{tag}-sub"), KEEP_ALIVE, &sub_login).await?;
+    sub.subscribe(&filter, args.qos).await?;
     let mut pubs = Vec::with_capacity(args.publishers);
-    for i in 0..args.publishers {
-        pubs.push(Conn::connect(target.addr, &format!("{tag}-pub{i}"), KEEP_ALIVE).await?);
+    for (i, login) in logins.iter().enumerate() {
+        pubs.push(Conn::connect_as(target.addr, &format!("{tag}-pub{i}"), KEEP_ALIVE, login).await?);
     }
 
     let counters = Arc::new(Counters::default());
@@ -56,8 +96,8 @@ pub(crate) async fn run(target: &Target, args: &Args) -> Result<Report> {
     let mut sub_task = JoinSet::new();
     sub_task.spawn(subscriber::run(sub, Arc::clone(&counters), started, stopped));
     let mut tasks = JoinSet::new();
-    for (i, conn) in pubs.into_iter().enumerate() {
-        let template = PublishTemplate::new(&format!("{prefix}/{i}"), args.qos, args.run.payload);
+    for (conn, topic) in pubs.into_iter().zip(&topics) {
+        let template = PublishTemplate::new(topic, args.qos, args.run.payload);
         let counters = Arc::clone(&counters);
         if args.qos == 0 {
             tasks
@@ -87,6 +127,8 @@ pub(crate) async fn run(target: &Target, args: &Args) -> Result<Report> {
         .add("qos", args.qos)
         .add("publishers", args.publishers)
         .add("payload", args.run.payload)
+        .add("lanes", args.lanes)
+        .add("auth", if args.pub_credentials.is_some() { "credentials" } else { "none" })
         .add_rate("rate", received, counters.receive_window())
         .add("sent", sent)
         .add_rate("send_rate", sent, publish_window)
@@ -98,4 +140,45 @@ pub(crate) async fn run(target: &Target, args: &Args) -> Result<Report> {
     }
     report.add_per_broker_cpu("per_broker_cpu_s", received, &usage).add_cpu(&usage);
     Ok(report)
+}
+
+/// `n` logins from a file of `<user name> <password>` lines.
+fn read_credentials(path: &Path, n: usize) -> Result<Vec<Login>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let logins = parse_credentials(&text).with_context(|| format!("in {}", path.display()))?;
+    if logins.len() < n {
+        anyhow::bail!("{}: {} credentials for {n} publishers", path.display(), logins.len());
+    }
+    Ok(logins.into_iter().take(n).collect())
+}
+
+fn parse_credentials(text: &str) -> Result<Vec<Login>> {
+    let mut logins = Vec::new();
+    for (no, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some(user), Some(password), None) => logins.push(Login::new(user, password)),
+            _ => anyhow::bail!("line {}: expected `<user name> <password>`", no + 1),
+        }
+    }
+    Ok(logins)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_files_parse() {
+        let logins = parse_credentials("# device token\nd1 thd_a\n\n  d2   thd_b \n").unwrap();
+        let pairs: Vec<(String, Vec<u8>)> =
+            logins.into_iter().map(|l| (l.username.unwrap(), l.password.unwrap())).collect();
+        assert_eq!(pairs, [("d1".into(), b"thd_a".to_vec()), ("d2".into(), b"thd_b".to_vec())]);
+        assert!(parse_credentials("d1\n").is_err());
+        assert!(parse_credentials("d1 a b\n").is_err());
+    }
 }

@@ -4,6 +4,9 @@
 //! `Connection: close` (gunicorn's sync workers, for the tutorial baseline) gets a new
 //! connection for the next request. Like the MQTT client, it shares no code with the
 //! server it measures.
+//!
+//! With an admin token, every `/api/v1` request carries `Authorization: Bearer <token>`
+//! (telehub's API needs it); other paths (`/data`, `/readyz`) go without.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -45,6 +48,8 @@ pub(crate) struct HttpConn {
     stream: Option<TcpStream>,
     rbuf: BytesMut,
     out: BytesMut,
+    /// `Authorization: Bearer …\r\n` for `/api/v1` requests.
+    authorization: Option<String>,
     /// Connections opened after the first.
     pub(crate) reconnects: u64,
 }
@@ -56,13 +61,16 @@ async fn open(addr: SocketAddr) -> Result<TcpStream> {
 }
 
 impl HttpConn {
-    pub(crate) async fn connect(addr: SocketAddr) -> Result<Self> {
+    /// A connection to `addr`; `token` is sent as `Authorization: Bearer` on `/api/v1`
+    /// requests.
+    pub(crate) async fn connect(addr: SocketAddr, token: Option<&str>) -> Result<Self> {
         let stream = open(addr).await?;
         Ok(Self {
             addr,
             stream: Some(stream),
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             out: BytesMut::new(),
+            authorization: token.map(|t| format!("Authorization: Bearer {t}\r\n")),
             reconnects: 0,
         })
     }
@@ -85,6 +93,11 @@ impl HttpConn {
     ) -> Result<Response> {
         self.out.clear();
         self.out.put_slice(format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.addr).as_bytes());
+        if let Some(auth) = &self.authorization
+            && needs_token(path)
+        {
+            self.out.put_slice(auth.as_bytes());
+        }
         if let Some(ct) = content_type {
             self.out.put_slice(format!("Content-Type: {ct}\r\n").as_bytes());
         }
@@ -138,6 +151,11 @@ impl HttpConn {
         }
         Ok(())
     }
+}
+
+/// Whether `path` is telehub's admin API, which needs the token.
+fn needs_token(path: &str) -> bool {
+    path.strip_prefix("/api/v1").is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?']))
 }
 
 /// The status, head length, body length and `Connection: close` of the response at the
@@ -219,5 +237,14 @@ mod tests {
         assert_eq!(parse_head(r).unwrap(), Some((429, r.len(), 0, false)));
         let r = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(parse_head(r).unwrap(), Some((200, r.len(), 0, true)));
+    }
+
+    #[test]
+    fn only_the_api_gets_the_token() {
+        assert!(needs_token("/api/v1/devices/d/telemetry?metric=x"));
+        assert!(needs_token("/api/v1"));
+        assert!(!needs_token("/data"));
+        assert!(!needs_token("/readyz"));
+        assert!(!needs_token("/api/v10"));
     }
 }

@@ -94,7 +94,7 @@ pub(crate) async fn run(target: &Target, args: &Args) -> Result<Report> {
     let base_ms = http::now_ms() - 3_600_000;
     let mut conns = Vec::with_capacity(devices.len());
     for _ in &devices {
-        conns.push(HttpConn::connect(target.http).await?);
+        conns.push(target.http_conn().await?);
     }
 
     let cpu = CpuWindow::start(target.broker_pid)?;
@@ -164,7 +164,7 @@ pub(crate) async fn run(target: &Target, args: &Args) -> Result<Report> {
     }
     if !args.no_verify {
         let checked = Instant::now();
-        let mut conn = HttpConn::connect(target.http).await?;
+        let mut conn = target.http_conn().await?;
         let mut stored = 0;
         for device in &devices {
             stored += http::count_points(&mut conn, device, &metrics, base_ms, base_ms + total.docs).await?;

@@ -17,7 +17,7 @@ use crate::client::Conn;
 use crate::parse_duration;
 use crate::procstat::Proc;
 use crate::report::Report;
-use crate::wire::{self, PINGRESP};
+use crate::wire::{self, Login, PINGRESP};
 
 /// Keep-alive of the idle connections: longer than any hold, so they need no pings.
 const KEEP_ALIVE: u16 = 600;
@@ -51,8 +51,11 @@ pub(crate) async fn run(target: &Target, args: &Args) -> Result<Report> {
         let permit = Arc::clone(&gate).acquire_owned().await?;
         let (addr, id) = (target.addr, format!("{tag}-{i}"));
         opening.spawn(async move {
-            let conn =
-                timeout(Duration::from_secs(30), Conn::connect_with_buffer(addr, &id, KEEP_ALIVE, 16)).await;
+            let conn = timeout(
+                Duration::from_secs(30),
+                Conn::connect_with_buffer(addr, &id, KEEP_ALIVE, &Login::anonymous(), 16),
+            )
+            .await;
             drop(permit);
             conn.map_err(anyhow::Error::from).and_then(|c| c)
         });

@@ -1,10 +1,11 @@
 //! `telehub-loadgen`: MQTT load for benchmarking telehub against other brokers
-//! (fan-in, fan-out, latency, idle connections), and telehub's telemetry ingest and
-//! queries (MQTT telemetry, HTTP ingest, a long series and its aggregate). It speaks
-//! MQTT 3.1.1 and HTTP/1.1 through its own small clients, so it shares no code with the
-//! server it measures.
+//! (fan-in, fan-out, latency, idle connections, connection rate with and without
+//! authentication), and telehub's telemetry ingest and queries (MQTT telemetry, HTTP
+//! ingest, a long series and its aggregate). It speaks MQTT 3.1.1 and HTTP/1.1 through
+//! its own small clients, so it shares no code with the server it measures.
 
 mod client;
+mod connect_rate;
 mod counters;
 mod fan_in;
 mod fan_out;
@@ -41,6 +42,10 @@ struct Cli {
     /// telehub's HTTP API address (the telemetry, http and series scenarios).
     #[arg(long, global = true, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
     http: SocketAddr,
+    /// telehub's admin token, sent as `Authorization: Bearer` on every `/api/v1`
+    /// request.
+    #[arg(long, global = true, env = "TELEHUB_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    token: Option<String>,
     /// The broker's PID, to report its CPU time and peak memory (read from /proc).
     #[arg(long, global = true, value_name = "PID")]
     broker_pid: Option<u32>,
@@ -66,6 +71,9 @@ enum Scenario {
     Latency(latency::Args),
     /// Broker memory per idle connection.
     Idle(idle::Args),
+    /// Connections per second: CONNECT, CONNACK, DISCONNECT one after the other on W
+    /// workers, anonymous, with a token or with a device-signed JWT.
+    ConnectRate(connect_rate::Args),
     /// telehub: devices publish JSON telemetry at QoS 1; then the stored points are
     /// counted through the HTTP API (0 lost).
     Telemetry(telemetry::Args),
@@ -81,7 +89,16 @@ pub(crate) struct Target {
     pub(crate) addr: SocketAddr,
     /// telehub's HTTP API.
     pub(crate) http: SocketAddr,
+    /// The admin token for telehub's `/api/v1`.
+    pub(crate) token: Option<String>,
     pub(crate) broker_pid: Option<u32>,
+}
+
+impl Target {
+    /// A keep-alive connection to the HTTP API, with the admin token if there is one.
+    pub(crate) async fn http_conn(&self) -> anyhow::Result<http::HttpConn> {
+        http::HttpConn::connect(self.http, self.token.as_deref().filter(|t| !t.is_empty())).await
+    }
 }
 
 /// How long and how fast the throughput scenarios publish.
@@ -137,7 +154,8 @@ fn main() -> ExitCode {
     if let Some(pid) = cli.db_pid {
         procstat::set_db_pid(pid);
     }
-    let target = Target { addr: cli.host, http: cli.http, broker_pid: cli.broker_pid };
+    let target =
+        Target { addr: cli.host, http: cli.http, token: cli.token.clone(), broker_pid: cli.broker_pid };
     let result = match &cli.scenario {
         Scenario::Latency(args) => latency::run(&target, args),
         scenario => run_async(cli.threads, &target, scenario),
@@ -165,6 +183,7 @@ fn run_async(threads: usize, target: &Target, scenario: &Scenario) -> anyhow::Re
             Scenario::FanIn(args) => fan_in::run(target, args).await,
             Scenario::FanOut(args) => fan_out::run(target, args).await,
             Scenario::Idle(args) => idle::run(target, args).await,
+            Scenario::ConnectRate(args) => connect_rate::run(target, args).await,
             Scenario::Telemetry(args) => telemetry::run(target, args).await,
             Scenario::Http(args) => http_ingest::run(target, args).await,
             Scenario::Series(args) => series::run(target, args).await,

@@ -76,7 +76,7 @@ pub(crate) async fn run(target: &Target, args: &Args) -> Result<Report> {
         let started = Instant::now();
         let mut tasks = JoinSet::new();
         for _ in 0..args.connections.max(1) {
-            let conn = HttpConn::connect(target.http).await?;
+            let conn = target.http_conn().await?;
             let path = format!("/api/v1/devices/{device}/telemetry");
             tasks.spawn(load(conn, path, doc.clone(), Arc::clone(&next), chunks, batch, total));
         }
@@ -100,7 +100,7 @@ pub(crate) async fn run(target: &Target, args: &Args) -> Result<Report> {
             .add_cpu(&usage);
     }
 
-    let mut conn = HttpConn::connect(target.http).await?;
+    let mut conn = target.http_conn().await?;
     let checked = Instant::now();
     let stored = http::count_points(&mut conn, &device, &metrics, from_ms, end_ms).await?;
     report.add("stored_points", stored).add("count_s", format!("{:.2}", checked.elapsed().as_secs_f64()));

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::client::Conn;
 use crate::counters::Counters;
-use crate::http::{self, HttpConn};
+use crate::http;
 use crate::procstat::CpuWindow;
 use crate::publisher::{self, Limit};
 use crate::report::Report;
@@ -96,7 +96,7 @@ pub(crate) async fn run(target: &Target, args: &Args) -> Result<Report> {
         .add("unacked", sent - acked.min(sent));
     if !args.no_verify {
         let checked = Instant::now();
-        let mut conn = HttpConn::connect(target.http).await?;
+        let mut conn = target.http_conn().await?;
         let mut stored = 0;
         for device in &devices {
             stored += http::count_points(&mut conn, device, &metrics, base_ms, base_ms + max_sent).await?;

@@ -32,15 +32,56 @@ fn put_str(buf: &mut BytesMut, s: &str) {
     buf.put_slice(s.as_bytes());
 }
 
-/// CONNECT, MQTT 3.1.1, clean session, no will, no credentials.
-pub(crate) fn connect(buf: &mut BytesMut, client_id: &str, keep_alive: u16) {
+/// A CONNECT's user name and password (the password is sent as given: a token, a
+/// password or a JWT).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Login {
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<Vec<u8>>,
+}
+
+impl Login {
+    /// No credentials: an anonymous client.
+    pub(crate) fn anonymous() -> Self {
+        Self::default()
+    }
+
+    pub(crate) fn new(username: impl Into<String>, password: impl Into<Vec<u8>>) -> Self {
+        Self { username: Some(username.into()), password: Some(password.into()) }
+    }
+}
+
+/// CONNECT, MQTT 3.1.1, clean session, no will, with `login`'s user name and password
+/// if any. MQTT 3.1.1 allows a password only after a user name: a password without one
+/// is sent with an empty user name.
+pub(crate) fn connect(buf: &mut BytesMut, client_id: &str, keep_alive: u16, login: &Login) {
+    let password = login.password.as_deref();
+    let username = login.username.as_deref().or(password.map(|_| ""));
+    let mut flags = 0x02; // clean session
+    let mut len = 10 + 2 + client_id.len();
+    if let Some(u) = username {
+        flags |= 0x80;
+        len += 2 + u.len();
+    }
+    if let Some(p) = password {
+        flags |= 0x40;
+        len += 2 + p.len();
+    }
     buf.put_u8(0x10);
-    put_remaining_length(buf, 10 + 2 + client_id.len());
+    put_remaining_length(buf, len);
     put_str(buf, "MQTT");
     buf.put_u8(4); // protocol level 3.1.1
-    buf.put_u8(0x02); // clean session
+    buf.put_u8(flags);
     buf.put_u16(keep_alive);
     put_str(buf, client_id);
+    if let Some(u) = username {
+        put_str(buf, u);
+    }
+    if let Some(p) = password {
+        let n = u16::try_from(p.len()).expect("MQTT binary data is at most 65535 bytes");
+        buf.put_u16(n);
+        buf.put_slice(p);
+    }
 }
 
 /// SUBSCRIBE to one filter at `qos`.
@@ -366,7 +407,20 @@ mod tests {
     #[test]
     fn connect_has_the_3_1_1_header() {
         let mut buf = BytesMut::new();
-        connect(&mut buf, "c1", 60);
+        connect(&mut buf, "c1", 60, &Login::anonymous());
         assert_eq!(&buf[..], b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02c1");
+    }
+
+    #[test]
+    fn connect_carries_user_name_and_password() {
+        let mut buf = BytesMut::new();
+        connect(&mut buf, "c1", 60, &Login::new("d1", "pw"));
+        assert_eq!(&buf[..], b"\x10\x16\x00\x04MQTT\x04\xc2\x00\x3c\x00\x02c1\x00\x02d1\x00\x02pw");
+        let (frame, used) = parse(&buf).unwrap().unwrap();
+        assert_eq!((frame.header, used), (0x10, buf.len()));
+        // a password alone goes with an empty user name, as MQTT 3.1.1 wants
+        let mut buf = BytesMut::new();
+        connect(&mut buf, "c1", 60, &Login { username: None, password: Some(b"eyJ".to_vec()) });
+        assert_eq!(&buf[..], b"\x10\x15\x00\x04MQTT\x04\xc2\x00\x3c\x00\x02c1\x00\x00\x00\x03eyJ");
     }
 }
