@@ -11,6 +11,9 @@
 //!   broker's `IngestHook`: MQTT acknowledgements wait for the commit.
 //! * [`registry`]: devices, credentials, ACL rules, admin tokens, rate limits and the
 //!   audit log; the broker's `Authenticator` and the API's gatekeeper.
+//! * [`rules`]: the rules engine (topic filter + CEL condition → actions, with
+//!   once-per-crossing, hysteresis, `for`, cooldown and no-data options), pure: messages
+//!   and the current time in, firings with rendered actions out.
 //! * [`retention`]: the periodic task that deletes telemetry beyond the retention limits.
 //! * [`timestamp`]: timestamps as devices send them (RFC 3339 or Unix milliseconds) and
 //!   as the API answers them (RFC 3339).
@@ -19,4 +22,5 @@ pub mod events;
 pub mod ingest;
 pub mod registry;
 pub mod retention;
+pub mod rules;
 pub mod timestamp;
