@@ -14,7 +14,7 @@ pub const DEFAULT_TOML: &str = include_str!("../telehub.toml");
 
 /// Top-level sections; `TELEHUB_*` variables outside them are not config
 /// (e.g. test settings) and are ignored.
-const SECTIONS: &[&str] = &["data_dir", "mqtt", "http", "ingest", "store"];
+const SECTIONS: &[&str] = &["data_dir", "mqtt", "http", "ingest", "store", "auth"];
 
 /// Everything telehub is configured with.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

@@ -166,3 +166,27 @@ fn tls_and_websocket_keys_and_flags_override_like_the_others() {
     let m = message(load(Some("[mqtt.tls]\ncertificate = \"x\"\n"), &[], &Overrides::default()));
     assert!(m.contains("certificate"), "{m}");
 }
+
+#[test]
+fn auth_section_from_env_and_file_with_bad_values_named() {
+    let env = [
+        ("TELEHUB_AUTH__RATE__CONNECTIONS_PER_IP", "0"),
+        ("TELEHUB_AUTH__JWT_AUDIENCE", "my-project"),
+        ("TELEHUB_ADMIN_TOKEN", "not a config key"),
+    ];
+    let c = load(None, &env, &Overrides::default()).unwrap();
+    assert_eq!(c.auth.rate.connections_per_ip, 0);
+    assert_eq!(c.auth.jwt_audience, "my-project");
+    let c = load(Some("[auth]\nip_allowlist = [\"10.0.0.0/8\", \"::1/128\"]\n"), &[], &Overrides::default()).unwrap();
+    assert_eq!(c.auth.ip_allowlist.len(), 2);
+    let m = message(load(Some("[auth]\nip_allowlist = [\"10.0.0.0/33\"]\n"), &[], &Overrides::default()));
+    assert!(m.contains("auth.ip_allowlist"), "{m}");
+    let m = message(load(Some("[auth]\njwt_max_lifetime = \"a day\"\n"), &[], &Overrides::default()));
+    assert!(m.contains("auth.jwt_max_lifetime"), "{m}");
+    let m = message(load(
+        Some("[[auth.acl]]\neffect = \"maybe\"\naction = \"publish\"\nfilter = \"x\"\n"),
+        &[],
+        &Overrides::default(),
+    ));
+    assert!(m.contains("auth.acl") && m.contains("maybe"), "{m}");
+}
