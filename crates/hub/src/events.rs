@@ -99,12 +99,15 @@ struct Feed {
 pub struct Tap<H> {
     ingest: H,
     feeds: Vec<Feed>,
+    /// Broadcasts of every message (live streams): each listener keeps its own bounded
+    /// backlog and learns how many it missed.
+    broadcasts: Vec<broadcast::Sender<Arc<Message>>>,
 }
 
 impl<H: IngestHook> Tap<H> {
     /// A tap in front of `ingest`, with no feeds yet.
     pub fn new(ingest: H) -> Self {
-        Self { ingest, feeds: Vec::new() }
+        Self { ingest, feeds: Vec::new(), broadcasts: Vec::new() }
     }
 
     /// Adds a feed named `name` holding up to `capacity` messages; returns its receiver.
@@ -112,6 +115,15 @@ impl<H: IngestHook> Tap<H> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         self.feeds.push(Feed { name, tx, dropped: AtomicU64::new(0) });
         rx
+    }
+
+    /// Adds a broadcast of every message, keeping up to `capacity` for its slowest
+    /// listener (live streams subscribe to it; one that falls further behind is told how
+    /// many it missed). Sending never waits.
+    pub fn broadcast(&mut self, capacity: usize) -> broadcast::Sender<Arc<Message>> {
+        let tx = broadcast::channel(capacity.max(1)).0;
+        self.broadcasts.push(tx.clone());
+        tx
     }
 
     /// Messages each feed dropped because it was full, by feed name.
@@ -132,6 +144,10 @@ impl<H: IngestHook> IngestHook for Tap<H> {
                     "a message feed is full: messages are dropped for it (counted)"
                 );
             }
+        }
+        for tx in &self.broadcasts {
+            // nobody listening is fine
+            let _ = tx.send(Arc::clone(message));
         }
         ack
     }
@@ -176,6 +192,21 @@ mod tests {
             assert_eq!(hooks.recv().await.unwrap().topic.as_str(), t);
         }
         assert_eq!(tap.dropped(), [("rules", 1), ("webhooks", 0)]);
+    }
+
+    #[tokio::test]
+    async fn a_broadcast_reaches_every_listener_and_tells_a_slow_one_what_it_missed() {
+        let mut tap = Tap::new(Nothing);
+        let tx = tap.broadcast(2);
+        assert!(tap.offer(None, &message("nobody")).is_none(), "no listener yet: fine");
+        let (mut fast, mut slow) = (tx.subscribe(), tx.subscribe());
+        tap.offer(None, &message("a"));
+        assert_eq!(fast.recv().await.unwrap().topic.as_str(), "a");
+        tap.offer(None, &message("b"));
+        tap.offer(None, &message("c"));
+        assert_eq!(fast.recv().await.unwrap().topic.as_str(), "b");
+        assert!(matches!(slow.recv().await, Err(broadcast::error::RecvError::Lagged(1))));
+        assert_eq!(slow.recv().await.unwrap().topic.as_str(), "b");
     }
 
     #[tokio::test]
