@@ -177,7 +177,8 @@ fn auth_section_from_env_and_file_with_bad_values_named() {
     let c = load(None, &env, &Overrides::default()).unwrap();
     assert_eq!(c.auth.rate.connections_per_ip, 0);
     assert_eq!(c.auth.jwt_audience, "my-project");
-    let c = load(Some("[auth]\nip_allowlist = [\"10.0.0.0/8\", \"::1/128\"]\n"), &[], &Overrides::default()).unwrap();
+    let c = load(Some("[auth]\nip_allowlist = [\"10.0.0.0/8\", \"::1/128\"]\n"), &[], &Overrides::default())
+        .unwrap();
     assert_eq!(c.auth.ip_allowlist.len(), 2);
     let m = message(load(Some("[auth]\nip_allowlist = [\"10.0.0.0/33\"]\n"), &[], &Overrides::default()));
     assert!(m.contains("auth.ip_allowlist"), "{m}");
