@@ -52,6 +52,16 @@ impl TestBroker {
         Self::bind_and_run(config, None, Some(auth)).await
     }
 
+    /// A broker with `config` that offers every accepted message to `hook` and asks
+    /// `auth` who may connect, publish and subscribe.
+    pub async fn start_with_hook_and_auth(
+        config: Config,
+        hook: Arc<dyn IngestHook>,
+        auth: Arc<dyn Authenticator>,
+    ) -> Self {
+        Self::bind_and_run(config, Some(hook), Some(auth)).await
+    }
+
     /// The defaults of [`Config`], listening on `127.0.0.1:0`, accepting anonymous
     /// clients, and with the `$SYS` topics off (`sys_interval` 0) so that a test sees
     /// only the messages it publishes. Tests change the fields they are about.

@@ -226,6 +226,8 @@ pub struct Publish {
     packet_id: u16,
     retain: bool,
     dup: bool,
+    /// MQTT 5 property bytes (without their length).
+    properties: Vec<u8>,
 }
 
 impl Publish {
@@ -240,7 +242,18 @@ impl Publish {
             packet_id: 0,
             retain: false,
             dup: false,
+            properties: Vec::new(),
         }
+    }
+
+    /// MQTT 5: the Response Topic (0x08) and Correlation Data (0x09) properties.
+    #[must_use]
+    pub fn response(mut self, topic: &str, correlation: &[u8]) -> Self {
+        self.properties.push(0x08);
+        string(topic.as_bytes(), &mut self.properties);
+        self.properties.push(0x09);
+        string(correlation, &mut self.properties);
+        self
     }
 
     /// QoS 1 or 2 with `packet_id` (QoS 0 ignores the id).
@@ -284,7 +297,8 @@ impl Publish {
             body.extend_from_slice(&self.packet_id.to_be_bytes());
         }
         if self.version.is_v5() {
-            body.push(0); // properties: none
+            varint(self.properties.len(), &mut body);
+            body.extend_from_slice(&self.properties);
         }
         body.extend_from_slice(&self.payload);
         frame(first, &body)
