@@ -9,7 +9,8 @@
 //! * `auth`: the guard in front of every route (IP allowlist, admin tokens with scopes,
 //!   device credentials on the ingest endpoints, rate limits, audit of refusals) and
 //!   the extractors handlers take the caller from.
-//! * `https`: the TLS listener, the redirect from HTTP, `[http.acme]`.
+//! * `https`: the TLS listener, the redirect from HTTP, `[http.acme]`; `acme` (the `acme`
+//!   cargo feature): its certificate from Let's Encrypt or another ACME CA.
 //! * `extract`: request parts as telehub values (body within the size limit, JSON
 //!   bodies, device id from the path, query strings), refusing bad ones with an
 //!   `ApiError`.
@@ -25,6 +26,8 @@
 //!   are chosen.
 
 mod acl;
+#[cfg(feature = "acme")]
+mod acme;
 mod audit;
 mod auth;
 mod credentials;
@@ -52,7 +55,7 @@ use telehub_store::{RegistryStore, TelemetryStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::https::{AcmeConfig, TlsError};
+pub use crate::https::{AcmeConfig, AcmeStatus, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, TlsError};
 
 /// The `[http]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -222,9 +225,9 @@ impl Server {
                 if https_listen.is_none() {
                     return Err(BindError::Config("`http.acme` needs `http.https_listen`".into()));
                 }
-                return Err(BindError::Config(https::acme_refusal()));
+                Some(https::Certs::acme(acme).map_err(BindError::Config)?)
             }
-            (None, Some(_), Some((cert, key))) => Some(https::server_config(cert, key)?),
+            (None, Some(_), Some((cert, key))) => Some(https::Certs::files(cert, key)?),
             (None, Some(_), None) => {
                 return Err(BindError::Config(
                     "`http.https_listen` needs a certificate: set `mqtt.tls.cert` and `mqtt.tls.key`".into(),
@@ -243,9 +246,9 @@ impl Server {
         };
         let (listener, addr) = listen("HTTP", config.listen).await?;
         let https = match (config.https_listen, https_config) {
-            (Some(want), Some(server_config)) => {
+            (Some(want), Some(certs)) => {
                 let (tcp, addr) = listen("HTTPS", want).await?;
-                Some((https::TlsListener::new(tcp, server_config), addr))
+                Some((https::TlsListener::new(tcp, certs), addr))
             }
             _ => None,
         };
@@ -275,8 +278,16 @@ impl Server {
         self.https.as_ref().map(|(_, addr)| *addr)
     }
 
+    /// With `[http.acme]` (the `acme` feature): what the certificate renewal has done
+    /// (deployed, ordered, failures and the last error), updated while [`Server::run`]
+    /// runs.
+    pub fn acme_status(&self) -> Option<tokio::sync::watch::Receiver<AcmeStatus>> {
+        self.https.as_ref().and_then(|(tls, _)| tls.acme_status())
+    }
+
     /// Serves until `shutdown`, then stops accepting and waits for the requests in
-    /// progress to finish (their ingest commits included).
+    /// progress to finish (their ingest commits included). With `[http.acme]`, the
+    /// certificate is ordered and renewed meanwhile, until `shutdown`.
     ///
     /// # Errors
     ///
@@ -290,12 +301,13 @@ impl Server {
         let plain_app = self.redirect.unwrap_or_else(|| self.router.clone());
         let plain = axum::serve(listener, plain_app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let Some((tls, _)) = self.https else { return plain.await };
+        let Some((mut tls, _)) = self.https else { return plain.await };
+        let renewal = https::renew(tls.take_renewal(), shutdown.clone());
         // the no-op tap gives the TLS listener axum's `ConnectInfo<SocketAddr>`
         let tls = tls.tap_io(|_: &mut tokio_rustls::server::TlsStream<tokio::net::TcpStream>| {});
         let secure = axum::serve(tls, self.router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown.cancelled_owned());
-        let (plain, secure) = tokio::join!(plain.into_future(), secure.into_future());
+        let (plain, secure, ()) = tokio::join!(plain.into_future(), secure.into_future(), renewal);
         plain.and(secure)
     }
 }

@@ -2,7 +2,8 @@
 //! their scopes, device CRUD and its refusals, device credentials, device ingest with
 //! tokens, `X-API-Key` and device-signed JWTs (RS256, ES256), ACL rules, the IP
 //! allowlists, rate limits, the audit log, and HTTPS (a real server, real TLS client) with
-//! its redirect and its config refusals.
+//! its redirect and its config refusals; with the `acme` feature, an ACME server whose CA
+//! cannot be reached (no CA is reachable from the tests, so no certificate is obtained).
 //!
 //! Most tests call the router in-process with the client address set as axum's
 //! `ConnectInfo`; the HTTPS tests and one allowlist test go through real sockets.
@@ -985,15 +986,24 @@ async fn https_and_acme_settings_are_checked_at_bind() {
             contact: "ops@example.com".into(),
             cache_dir: "acme-cache".into(),
             staging: true,
+            directory: None,
+            directory_ca: None,
         })
     );
-    let e = hub.serve(config.clone(), None).await.err().unwrap();
-    let expected = if cfg!(feature = "acme") {
-        "not implemented yet"
+    let cache_dir = hub.dir.path().join("acme-cache");
+    let acme = AcmeConfig { cache_dir: cache_dir.clone(), ..config.acme.clone().unwrap() };
+    let bound = hub.serve(Config { acme: Some(acme), ..config.clone() }, None).await;
+    if cfg!(feature = "acme") {
+        // bound (nothing is ordered until it runs), with its cache directory made
+        assert!(bound.unwrap().acme_status().is_some());
+        assert!(cache_dir.is_dir());
     } else {
-        "built without the acme feature: rebuild with --features acme"
-    };
-    assert!(e.to_string().contains(expected), "{e}");
+        let e = bound.err().unwrap();
+        assert!(
+            e.to_string().contains("built without the acme feature: rebuild with --features acme"),
+            "{e}"
+        );
+    }
     let bad = Config {
         acme: Some(AcmeConfig { domains: vec![], ..config.acme.clone().unwrap() }),
         ..config.clone()
@@ -1008,4 +1018,68 @@ async fn https_and_acme_settings_are_checked_at_bind() {
     );
     assert!(e.unwrap_err().to_string().contains("unknown field `email`"));
     hub.stop().await;
+}
+
+/// `[http.acme]` pointed at a directory URL where nothing listens: the server starts,
+/// serves plain HTTP, refuses HTTPS handshakes cleanly while it has no certificate
+/// (challenge handshakes too: none is pending), caches the account key, reports the
+/// failed order, and its renewal stops with the server.
+#[cfg(feature = "acme")]
+#[tokio::test]
+async fn acme_with_an_unreachable_ca_serves_http_and_reports_the_failed_order() {
+    let hub = Hub::start().await;
+    let closed = std::net::TcpListener::bind(local()).unwrap().local_addr().unwrap();
+    let cache_dir = hub.dir.path().join("acme");
+    let acme = AcmeConfig {
+        domains: vec!["hub.example.com".into()],
+        contact: "ops@example.com".into(),
+        cache_dir: cache_dir.clone(),
+        staging: false,
+        directory: Some(format!("https://{closed}/directory")),
+        directory_ca: None,
+    };
+    let config =
+        Config { listen: local(), https_listen: Some(local()), acme: Some(acme), ..Config::default() };
+    let server = hub.serve(config, None).await.unwrap();
+    let mut status = server.acme_status().unwrap();
+    let (http_addr, https_addr) = (server.local_addr(), server.https_addr().unwrap());
+    hub.tasks.spawn(server.run(hub.stop.clone()));
+
+    let failed = tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.failures >= 1))
+        .await
+        .expect("no ACME order failure reported within 30 s")
+        .unwrap()
+        .clone();
+    assert!(!failed.certificate && failed.ordered == 0, "{failed:?}");
+    let error = failed.last_error.unwrap();
+    assert!(error.starts_with("order: "), "{error}");
+    let cached: Vec<String> = std::fs::read_dir(&cache_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(cached.iter().any(|name| name.starts_with("cached_account_")), "{cached:?}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&cache_dir).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+
+    let healthz =
+        async || get_over(TcpStream::connect(http_addr).await.unwrap(), "localhost", "/healthz", None).await;
+    assert_eq!(healthz().await.0, 200);
+    for alpn in [&b"http/1.1"[..], b"acme-tls/1"] {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        client.alpn_protocols = vec![alpn.to_vec()];
+        let name = rustls::pki_types::ServerName::try_from("hub.example.com").unwrap();
+        let tcp = TcpStream::connect(https_addr).await.unwrap();
+        let handshake = tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, tcp).await;
+        assert!(handshake.is_err(), "a handshake offering {alpn:?} succeeded without a certificate");
+    }
+    assert_eq!(healthz().await.0, 200);
+    tokio::time::timeout(Duration::from_secs(10), hub.stop()).await.expect("the server did not stop");
 }
