@@ -113,7 +113,15 @@ macro_rules! conformance {
     };
 }
 
+#[path = "conformance_sessions.rs"]
+mod sessions;
+use sessions::*;
+
 conformance!(
+    mqtt_retained_set_replace_clear_and_survive_reopen,
+    mqtt_sessions_messages_in_order_with_inflight_marks,
+    mqtt_delete_session_takes_its_messages_and_qos2_ids,
+    mqtt_batch_is_all_or_nothing_and_close_refuses,
     write_then_read_round_trip,
     duplicate_msg_id_is_stored_once,
     same_timestamp_keeps_the_first_value,

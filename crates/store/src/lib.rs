@@ -15,6 +15,8 @@
 //!   version (compare-and-set);
 //! * [`outbox`]: [`OutboxStore`], the durable outbox of webhook deliveries (retries, the
 //!   dead-letter list, replay); [`Store`] implements these three too;
+//! * [`sessions`]: [`SessionStore`], the MQTT broker's durable state (retained
+//!   messages, persistent sessions, their deliveries, QoS 2 packet ids); [`Store`] too;
 //! * [`config`]: the `[store]` section;
 //! * `queue`: the bound on points waiting for a writer (backpressure);
 //! * [`sqlite`]: the embedded backend (one writer thread, WAL, reader pool);
@@ -41,6 +43,7 @@ mod page;
 pub mod postgres;
 mod queue;
 pub mod registry;
+pub mod sessions;
 pub mod shadow;
 pub mod sqlite;
 
@@ -58,6 +61,7 @@ pub use config::{Config, RetentionConfig};
 pub use outbox::OutboxStore;
 pub use postgres::PgStore;
 pub use registry::RegistryStore;
+pub use sessions::SessionStore;
 pub use shadow::ShadowStore;
 pub use sqlite::SqliteStore;
 
@@ -555,6 +559,13 @@ impl OutboxStore for Store {
         outbox_list(query: outbox::OutboxQuery) -> Vec<outbox::OutboxEntry>;
         outbox_replay(endpoint: &str, which: outbox::Replay, now: Timestamp) -> u64;
         outbox_prune_delivered(before: Timestamp) -> u64;
+    }
+}
+
+impl SessionStore for Store {
+    dispatch! {
+        session_load() -> sessions::SessionState;
+        session_apply(changes: Vec<sessions::SessionChange>) -> ();
     }
 }
 

@@ -19,6 +19,11 @@ pub(crate) const SQLITE: &[Migration] = &[
     Migration { version: 3, name: "commands", sql: include_str!("../migrations/sqlite/0003_commands.sql") },
     Migration { version: 4, name: "shadows", sql: include_str!("../migrations/sqlite/0004_shadows.sql") },
     Migration { version: 5, name: "outbox", sql: include_str!("../migrations/sqlite/0005_outbox.sql") },
+    Migration {
+        version: 6,
+        name: "mqtt_sessions",
+        sql: include_str!("../migrations/sqlite/0006_mqtt_sessions.sql"),
+    },
 ];
 
 /// PostgreSQL's migrations, in order.
@@ -32,6 +37,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
     Migration { version: 3, name: "commands", sql: include_str!("../migrations/postgres/0003_commands.sql") },
     Migration { version: 4, name: "shadows", sql: include_str!("../migrations/postgres/0004_shadows.sql") },
     Migration { version: 5, name: "outbox", sql: include_str!("../migrations/postgres/0005_outbox.sql") },
+    Migration {
+        version: 6,
+        name: "mqtt_sessions",
+        sql: include_str!("../migrations/postgres/0006_mqtt_sessions.sql"),
+    },
 ];
 
 /// The statement creating the version table, the same on both backends.

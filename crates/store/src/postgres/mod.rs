@@ -15,6 +15,7 @@
 mod commands;
 mod partition;
 mod registry;
+mod sessions;
 mod writer;
 
 use std::collections::BTreeMap;

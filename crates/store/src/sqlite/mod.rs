@@ -18,10 +18,12 @@
 //! * `registry`: [`RegistryStore`](crate::RegistryStore), the registry and the audit log;
 //! * `commands`: [`CommandStore`](crate::CommandStore), [`ShadowStore`](crate::ShadowStore)
 //!   and [`OutboxStore`](crate::OutboxStore): commands, device shadows, the webhook outbox.
+//! * `sessions`: [`SessionStore`](crate::SessionStore), the MQTT broker's durable state.
 
 mod commands;
 mod registry;
 mod retention;
+mod sessions;
 mod writer;
 
 use std::collections::BTreeMap;
