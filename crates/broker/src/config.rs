@@ -66,6 +66,10 @@ pub struct Config {
     /// How often the `$SYS/broker/...` topics are published; `"0s"` turns them off.
     #[serde(with = "telehub_core::duration")]
     pub sys_interval: Duration,
+    /// Keep retained messages and sessions that outlive their connection (with their
+    /// subscriptions and queued QoS 1/2 messages) on disk, restored at start. Off: all
+    /// of it is lost when telehub stops.
+    pub persistence: bool,
     /// `[mqtt.tls]`: MQTT over TLS, and the certificate `wss` uses.
     pub tls: TlsConfig,
     /// `[mqtt.ws]`: MQTT over WebSocket (and secure WebSocket).
@@ -145,6 +149,7 @@ impl Default for Config {
             publish_backpressure: Duration::from_secs(5),
             max_session_expiry: Duration::from_secs(7 * 86_400),
             sys_interval: Duration::from_secs(10),
+            persistence: true,
             tls: TlsConfig::default(),
             ws: WsConfig::default(),
         }

@@ -32,6 +32,7 @@ use tracing::debug;
 use crate::Shared;
 use crate::auth::{ConnectInfo, Principal, PublishRefusal, Refusal, TransportKind};
 use crate::hook::IngestAck;
+use crate::persist::Op;
 use crate::router::Subscriber;
 use crate::sessions::{self, AttachRequest, SessionEntry, Sessions};
 use crate::stats::Stats;
@@ -333,6 +334,10 @@ async fn run_connected<R: ReadHalf, W: WriteHalf>(
     );
     let entry = attached.entry;
     debug!(%peer, client_id = %client_id, ?version, session_present = attached.session_present, "connected");
+    if attached.durable {
+        // the session is on disk before its client is told it exists
+        wait_durable(shared, "CONNACK").await;
+    }
 
     let mut initial = vec![Outbound::ConnAck {
         session_present: attached.session_present,
@@ -363,6 +368,7 @@ async fn run_connected<R: ReadHalf, W: WriteHalf>(
         stop: stop_writer.clone(),
         stats: Arc::clone(&shared.stats),
         started: shared.started,
+        shared: Arc::clone(shared),
     }));
 
     shared.auth.connected(&principal, &client_id, peer);
@@ -450,6 +456,17 @@ async fn run_connected<R: ReadHalf, W: WriteHalf>(
     debug!(%peer, client_id = %client_id, "disconnected");
 }
 
+/// Waits until everything recorded for the disk so far is committed, before `what` is
+/// sent. A failed write is logged and `what` sent all the same: the session goes on in
+/// memory.
+async fn wait_durable(shared: &Shared, what: &str) {
+    if let Some(p) = &shared.persist
+        && let Err(e) = p.flush().await
+    {
+        tracing::warn!(error = %e, "durable state not written before {what}");
+    }
+}
+
 /// Asks the authenticator about a CONNECT: its credentials, within `deadline`, then its
 /// will, as a PUBLISH of the will's topic. The error is the CONNACK code to refuse with,
 /// `None` when the broker is shutting down (closed without CONNACK).
@@ -524,7 +541,7 @@ async fn send_will(
         None => delay,
     };
     if delay.is_zero() || generation.is_none() {
-        let _ = sessions::publish(shared, None, will).await;
+        let _ = sessions::publish(shared, None, will, false).await;
         return;
     }
     let (shared, entry, generation) = (Arc::clone(shared), Arc::clone(entry), generation.unwrap_or_default());
@@ -535,7 +552,7 @@ async fn send_will(
             () = shared.stopping.cancelled() => return, // not published at shutdown
         }
         if Sessions::is_still_gone(&entry, generation) {
-            let _ = sessions::publish(&shared, None, will).await;
+            let _ = sessions::publish(&shared, None, will, false).await;
         }
     });
 }
@@ -626,7 +643,11 @@ impl Connection<'_> {
             Inbound::PubComp(id) => self.ack(|s| s.on_pubcomp(id)),
             Inbound::PubRec(id) => {
                 let rel = match self.entry.lock_owned(self.conn) {
-                    Ok(mut st) => st.session.on_pubrec(id),
+                    Ok(mut st) => {
+                        let rel = st.session.on_pubrec(id);
+                        st.sync(self.shared, self.client_id);
+                        rel
+                    }
                     Err(_) => return Ok(Some(Exit::TakenOver)),
                 };
                 match rel {
@@ -639,7 +660,13 @@ impl Connection<'_> {
             }
             Inbound::PubRel(id) => {
                 let reason = match self.entry.lock_owned(self.conn) {
-                    Ok(mut st) => st.session.on_pubrel(id),
+                    Ok(mut st) => {
+                        let reason = st.session.on_pubrel(id);
+                        if reason == 0x00 {
+                            st.record(self.shared, || Op::DeleteIncomingQos2(self.client_id.clone(), id));
+                        }
+                        reason
+                    }
                     Err(_) => return Ok(Some(Exit::TakenOver)),
                 };
                 self.send(Outbound::PubComp(id, reason)).await
@@ -676,7 +703,11 @@ impl Connection<'_> {
     /// id (e.g. after a session was cleaned) is ignored, as Mosquitto does.
     fn ack(&self, f: impl FnOnce(&mut telehub_mqtt::Session) -> Result<(), ProtocolError>) -> Handled {
         let result = match self.entry.lock_owned(self.conn) {
-            Ok(mut st) => f(&mut st.session),
+            Ok(mut st) => {
+                let result = f(&mut st.session);
+                st.sync(self.shared, self.client_id);
+                result
+            }
             Err(_) => return Ok(Some(Exit::TakenOver)),
         };
         if let Err(e) = result {
@@ -710,13 +741,16 @@ impl Connection<'_> {
             (QoS::AtMostOnce, _) => {
                 // refused: dropped (there is nothing to answer), whatever the version
                 if self.authorize(&message).is_ok() {
-                    let _ = sessions::publish(self.shared, Some(self.client_id), Arc::new(message)).await;
+                    let _ =
+                        sessions::publish(self.shared, Some(self.client_id), Arc::new(message), false).await;
                 }
                 Ok(None)
             }
             (QoS::AtLeastOnce, Some(id)) => {
                 let ack = match self.authorize(&message) {
-                    Ok(()) => sessions::publish(self.shared, Some(self.client_id), Arc::new(message)).await,
+                    Ok(()) => {
+                        sessions::publish(self.shared, Some(self.client_id), Arc::new(message), false).await
+                    }
                     Err(refusal) if v5 => {
                         return self.ack_after(None, Outbound::PubAck(id, refusal.reason_code())).await;
                     }
@@ -726,14 +760,24 @@ impl Connection<'_> {
                 self.ack_after(ack, Outbound::PubAck(id, 0)).await
             }
             (QoS::ExactlyOnce, Some(id)) => {
-                let is_new = {
+                // on disk, the packet id and the deliveries it caused are committed
+                // together: a resend after a restart is then either not routed (both
+                // there) or routed for the first time (neither there)
+                let mut hold = None;
+                let (is_new, durable) = {
                     let Ok(mut st) = self.entry.lock_owned(self.conn) else {
                         return Ok(Some(Exit::TakenOver));
                     };
                     if st.session.incoming_qos2_pending() >= usize::from(self.shared.config.receive_maximum) {
                         return Err(ProtocolError::ReceiveMaximumExceeded); // [MQTT-3.3.4-9]
                     }
-                    st.session.on_incoming_qos2(id)
+                    let is_new = st.session.on_incoming_qos2(id);
+                    let durable = is_new && st.is_persistent() && self.shared.persist.is_some();
+                    if durable && let Some(p) = self.shared.persist.as_deref() {
+                        hold = Some(crate::persist::Hold::new(p));
+                        st.record(self.shared, || Op::AddIncomingQos2(self.client_id.clone(), id));
+                    }
+                    (is_new, durable)
                 };
                 if !is_new {
                     // [MQTT-4.3.3-9] a resent PUBLISH is acknowledged, not routed again
@@ -742,14 +786,20 @@ impl Connection<'_> {
                     return self.ack_after(None, Outbound::PubRec(id, 0)).await;
                 }
                 let ack = match self.authorize(&message) {
-                    Ok(()) => sessions::publish(self.shared, Some(self.client_id), Arc::new(message)).await,
+                    Ok(()) => {
+                        sessions::publish(self.shared, Some(self.client_id), Arc::new(message), durable).await
+                    }
                     // 3.x NotAuthorized: PUBREC, then PUBCOMP on PUBREL, as usual; dropped
-                    Err(PublishRefusal::NotAuthorized) if !v5 => None,
+                    Err(PublishRefusal::NotAuthorized) if !v5 => {
+                        self.shared.persist.as_deref().filter(|_| durable).map(|p| p.flush())
+                    }
                     Err(refusal) => {
                         // the flow ends here (5.0: PUBREC >= 0x80, a later PUBREL gets
                         // PUBCOMP 0x92; 3.x: closed, and a resend must be asked about anew)
-                        if let Ok(mut st) = self.entry.lock_owned(self.conn) {
-                            st.session.on_pubrel(id);
+                        if let Ok(mut st) = self.entry.lock_owned(self.conn)
+                            && st.session.on_pubrel(id) == 0x00
+                        {
+                            st.record(self.shared, || Op::DeleteIncomingQos2(self.client_id.clone(), id));
                         }
                         if !v5 {
                             return Ok(Some(Exit::RateTooHigh));
@@ -757,6 +807,7 @@ impl Connection<'_> {
                         return self.ack_after(None, Outbound::PubRec(id, refusal.reason_code())).await;
                     }
                 };
+                drop(hold);
                 self.ack_after(ack, Outbound::PubRec(id, 0)).await
             }
             _ => Err(ProtocolError::MalformedPacket),
@@ -822,6 +873,7 @@ impl Connection<'_> {
     ) -> Handled {
         let mut codes = Vec::with_capacity(filters.len());
         let mut retained = Vec::new();
+        let mut durable = false;
         for (raw, options) in filters {
             let Ok(filter) = TopicFilter::new(raw) else {
                 codes.push(SubAckCode::TopicFilterInvalid);
@@ -844,9 +896,13 @@ impl Connection<'_> {
                 continue;
             }
             match self.entry.lock_owned(self.conn) {
-                Ok(mut st) => st.subscriptions.insert(filter.clone(), options),
+                Ok(mut st) => {
+                    st.subscriptions.insert(filter.clone(), (options, subscription_id));
+                    st.record_session(self.shared, self.client_id);
+                    durable |= st.is_persistent();
+                }
                 Err(_) => return Ok(Some(Exit::TakenOver)),
-            };
+            }
             let subscriber = Subscriber { entry: Arc::clone(self.entry), options, subscription_id };
             if let Some(inner) = shared {
                 // no retained messages on a shared subscription: the group is not a new
@@ -871,10 +927,14 @@ impl Connection<'_> {
                         retain: true,
                         subscription_ids: subscription_id.into_iter().collect(),
                         expires_at,
+                        persist_id: None,
                     });
                 }
             }
             codes.push(SubAckCode::Granted(options.qos));
+        }
+        if durable {
+            wait_durable(self.shared, "SUBACK").await;
         }
         if let Some(exit) = self.send(Outbound::SubAck(packet_id, codes)).await? {
             return Ok(Some(exit));
@@ -888,17 +948,28 @@ impl Connection<'_> {
 
     async fn unsubscribe(&mut self, packet_id: u16, filters: Vec<bytestring::ByteString>) -> Handled {
         let mut codes = Vec::with_capacity(filters.len());
+        let mut durable = false;
         for raw in filters {
             let Ok(filter) = TopicFilter::new(raw) else {
                 codes.push(0x8f);
                 continue;
             };
             let had = match self.entry.lock_owned(self.conn) {
-                Ok(mut st) => st.subscriptions.remove(&filter).is_some(),
+                Ok(mut st) => {
+                    let had = st.subscriptions.remove(&filter).is_some();
+                    if had {
+                        st.record_session(self.shared, self.client_id);
+                        durable |= st.is_persistent();
+                    }
+                    had
+                }
                 Err(_) => return Ok(Some(Exit::TakenOver)),
             };
             self.shared.router.unsubscribe(&filter, self.entry);
             codes.push(if had { 0x00 } else { 0x11 });
+        }
+        if durable {
+            wait_durable(self.shared, "UNSUBACK").await;
         }
         // [MQTT-3.10.4-4] UNSUBACK even when nothing was removed
         self.send(Outbound::UnsubAck(packet_id, codes)).await
@@ -918,6 +989,7 @@ struct Writer<W> {
     stats: Arc<Stats>,
     /// Start of the broker's clock, for message expiry.
     started: Instant,
+    shared: Arc<Shared>,
 }
 
 impl<W> Writer<W> {
@@ -951,13 +1023,14 @@ async fn write_loop<W: WriteHalf>(mut w: Writer<W>) {
             }
         }
         let now = BrokerTime(w.started.elapsed());
-        let more = match w.entry.drain(w.conn, &mut w.encoder, &mut buf, WRITE_BATCH, (now, &w.stats)) {
-            Ok((sent, more)) => {
-                Stats::add(&w.stats.messages_sent, sent);
-                more
-            }
-            Err(_) => false, // taken over: the new connection delivers
-        };
+        let more =
+            match w.entry.drain(w.conn, &mut w.encoder, &mut buf, WRITE_BATCH, (now, &w.stats, &w.shared)) {
+                Ok((sent, more)) => {
+                    Stats::add(&w.stats.messages_sent, sent);
+                    more
+                }
+                Err(_) => false, // taken over: the new connection delivers
+            };
         if !buf.is_empty() {
             let len = buf.len() as u64;
             let written = async {

@@ -23,6 +23,8 @@
 //! * `router`: the subscription trie and retained messages; fan-out.
 //! * `sessions`: persistent sessions by client id, takeover, expiry, wills.
 //! * [`hook`]: [`IngestHook`], how the hub sees every accepted message.
+//! * [`persist`]: [`Persistence`], where durable sessions, their deliveries and retained
+//!   messages are kept ([`Broker::restore`] at start); implemented by the hub.
 //! * [`stats`]: [`Stats`], counters of connections, messages, drops and refusals.
 //! * `sys`: the `$SYS/broker/...` topics, published from [`Stats`].
 
@@ -32,6 +34,7 @@ mod connection;
 pub mod control;
 pub mod hook;
 mod listener;
+pub mod persist;
 mod router;
 mod sessions;
 pub mod stats;
@@ -50,6 +53,7 @@ pub use auth::{AllowAll, Authenticator, ConnectInfo, Principal, PublishRefusal, 
 pub use config::Config;
 pub use control::Control;
 pub use hook::{IngestAck, IngestError, IngestHook};
+pub use persist::{Persistence, Snapshot};
 pub use stats::Stats;
 pub use tls::TlsError;
 
@@ -96,6 +100,10 @@ pub(crate) struct Shared {
     pub(crate) router: router::Router,
     pub(crate) sessions: sessions::Sessions,
     pub(crate) hook: Option<Arc<dyn IngestHook>>,
+    /// Where durable state is kept, when `persistence` is on ([`Broker::restore`]).
+    pub(crate) persist: Option<Arc<dyn Persistence>>,
+    /// The next [`telehub_mqtt::Delivery::persist_id`]: unique across sessions.
+    pub(crate) persist_seq: std::sync::atomic::AtomicU64,
     /// Who may connect, publish and subscribe.
     pub(crate) auth: auth::SharedAuthenticator,
     /// The connections past CONNACK, for [`Control`].
@@ -113,6 +121,11 @@ impl Shared {
     /// Now on the broker's clock.
     pub(crate) fn now(&self) -> BrokerTime {
         BrokerTime(self.started.elapsed())
+    }
+
+    /// Now on the broker's clock and on the wall clock, to convert expiry times.
+    pub(crate) fn clock(&self) -> persist::Clock {
+        persist::Clock { broker: self.now(), wall: std::time::SystemTime::now() }
     }
 }
 
@@ -161,6 +174,8 @@ impl Broker {
             router: router::Router::default(),
             sessions: sessions::Sessions::default(),
             hook,
+            persist: None,
+            persist_seq: std::sync::atomic::AtomicU64::new(1),
             auth: Arc::new(AllowAll),
             live: Arc::new(control::Live::default()),
             stats: Arc::new(Stats::default()),
@@ -191,6 +206,25 @@ impl Broker {
             Some(shared) => shared.auth = auth,
             None => unreachable!("the broker's shared state is only shared once it runs"),
         }
+    }
+
+    /// Keeps durable state in `persist` from now on, after putting back `snapshot` (what
+    /// it held at the last stop): retained messages, and durable sessions (offline until
+    /// their clients reconnect) with their subscriptions, queued and in-flight QoS 1/2
+    /// deliveries and received QoS 2 packet ids. Call before [`Broker::run`]. Ignored
+    /// (with a warning) when the config turned `persistence` off. Returns how many
+    /// sessions and deliveries were restored.
+    pub fn restore(&mut self, persist: Arc<dyn Persistence>, snapshot: Snapshot) -> (usize, usize) {
+        if !self.shared.config.persistence {
+            tracing::warn!("mqtt.persistence is off: durable state not restored");
+            return (0, 0);
+        }
+        // nothing holds `shared` but `self` until `run`, which consumes `self`
+        match Arc::get_mut(&mut self.shared) {
+            Some(shared) => shared.persist = Some(persist),
+            None => unreachable!("the broker's shared state is only shared once it runs"),
+        }
+        sessions::restore(&self.shared, snapshot)
     }
 
     /// A handle on the broker's live connections ([`Control::disconnect_where`]),

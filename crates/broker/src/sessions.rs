@@ -5,12 +5,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
-use telehub_core::{ClientId, Message, TopicFilter};
+use telehub_core::{ClientId, Message, QoS, TopicFilter};
 use telehub_mqtt::{
-    BrokerTime, Delivery, Encoder, EnqueueError, Outbound, Session, SessionLimits, SubOptions,
+    BrokerTime, Delivery, Encoder, EnqueueError, InflightStage, Outbound, PersistChange, Session,
+    SessionLimits, SubOptions,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -19,6 +20,7 @@ use tracing::{debug, warn};
 
 use crate::Shared;
 use crate::hook::IngestAck;
+use crate::persist::{MessageRecord, Op, SessionRecord, Snapshot, SubscriptionRecord};
 use crate::stats::Stats;
 
 /// Mutable state of one session; guarded by [`SessionEntry::state`]. Never held across
@@ -31,7 +33,8 @@ pub(crate) struct SessionState {
     kick: Option<CancellationToken>,
     /// Wakes the attached connection's writer.
     waker: Option<Arc<Notify>>,
-    pub(crate) subscriptions: HashMap<TopicFilter, SubOptions>,
+    /// Filter → options and MQTT 5 Subscription Identifier.
+    pub(crate) subscriptions: HashMap<TopicFilter, (SubOptions, Option<u32>)>,
     /// How long the session outlives its connection; `None` is forever.
     pub(crate) expiry: Option<Duration>,
     disconnected_at: Option<Instant>,
@@ -41,6 +44,68 @@ pub(crate) struct SessionState {
     removed: bool,
     /// In a burst of drops (logged once per burst).
     dropping: bool,
+    /// Kept on disk ([`crate::persist`]): persistence is on and the expiry is not 0.
+    persistent: bool,
+}
+
+impl SessionState {
+    /// Records `op` when this session is kept on disk.
+    pub(crate) fn record(&self, shared: &Shared, op: impl FnOnce() -> Op) {
+        if self.persistent
+            && let Some(p) = &shared.persist
+        {
+            p.record(op());
+        }
+    }
+
+    /// True when this session is kept on disk.
+    pub(crate) fn is_persistent(&self) -> bool {
+        self.persistent
+    }
+
+    /// Records what happened to this session's durable deliveries since the last call.
+    pub(crate) fn sync(&mut self, shared: &Shared, client_id: &ClientId) {
+        if !self.session.has_changes() {
+            return;
+        }
+        let changes = self.session.take_changes();
+        let (true, Some(p)) = (self.persistent, &shared.persist) else { return };
+        for change in changes {
+            let client_id = client_id.clone();
+            p.record(match change {
+                PersistChange::Sent { id, packet_id } => {
+                    Op::MarkMessage { client_id, seq: id, packet_id, stage: InflightStage::Published }
+                }
+                PersistChange::Released { id, packet_id } => {
+                    Op::MarkMessage { client_id, seq: id, packet_id, stage: InflightStage::Released }
+                }
+                PersistChange::Removed { id } => Op::DeleteMessage(client_id, id),
+            });
+        }
+    }
+
+    /// Records the session's fields (expiry, disconnect time, subscriptions).
+    pub(crate) fn record_session(&self, shared: &Shared, client_id: &ClientId) {
+        self.record(shared, || {
+            let disconnected_at = self
+                .disconnected_at
+                .map(|at| SystemTime::now().checked_sub(at.elapsed()).unwrap_or(SystemTime::UNIX_EPOCH));
+            Op::PutSession(SessionRecord {
+                client_id: client_id.clone(),
+                expiry: self.expiry,
+                disconnected_at,
+                subscriptions: self
+                    .subscriptions
+                    .iter()
+                    .map(|(filter, (options, subscription_id))| SubscriptionRecord {
+                        filter: filter.clone(),
+                        options: *options,
+                        subscription_id: *subscription_id,
+                    })
+                    .collect(),
+            })
+        });
+    }
 }
 
 /// One session, shared by its connection, the router and publishers.
@@ -70,6 +135,7 @@ impl SessionEntry {
                 generation: 0,
                 removed: false,
                 dropping: false,
+                persistent: false,
             }),
             room: Notify::new(),
         }
@@ -106,11 +172,15 @@ impl SessionEntry {
     /// Queues `delivery`. When the queue is full and the subscriber is online, a QoS 1/2
     /// delivery waits up to `publish_backpressure` for room (once per burst); otherwise
     /// it is dropped, counted, and the burst logged once.
-    pub(crate) async fn enqueue(&self, shared: &Shared, delivery: Delivery) {
+    ///
+    /// A QoS 1/2 delivery to a session kept on disk is recorded before it is queued;
+    /// returns true when it was.
+    pub(crate) async fn enqueue(&self, shared: &Shared, delivery: Delivery) -> bool {
         enum Outcome {
             Done(Option<Arc<Notify>>),
             Wait(Delivery, Option<Arc<Notify>>),
         }
+        let mut persisted = false;
         // computed only when the queue is first found full: no clock read per delivery
         let mut deadline: Option<Instant> = None;
         let mut delivery = delivery;
@@ -121,15 +191,31 @@ impl SessionEntry {
             let outcome = {
                 let mut st = self.lock();
                 if st.removed {
-                    return;
+                    return persisted;
                 }
                 let dropped_before = st.session.dropped();
+                let durable = st.persistent
+                    && delivery.qos != QoS::AtMostOnce
+                    && (st.session.has_room()
+                        || shared.config.queue_full == crate::config::QueueFull::DropOldest);
+                if durable {
+                    let seq = match delivery.persist_id {
+                        Some(seq) => seq,
+                        None => shared.persist_seq.fetch_add(1, Ordering::Relaxed),
+                    };
+                    delivery.persist_id = Some(seq);
+                    st.record(shared, || {
+                        Op::PutMessage(self.client_id.clone(), message_record(shared, &delivery))
+                    });
+                    persisted = true;
+                }
                 match st.session.enqueue(delivery) {
                     Ok(()) => {
                         let dropped = st.session.dropped() - dropped_before;
                         if dropped > 0 {
                             Self::record_drop(&mut st, &self.client_id, &shared.stats, dropped);
                         }
+                        st.sync(shared, &self.client_id);
                         Outcome::Done(st.waker.clone())
                     }
                     Err(EnqueueError::Full(back)) => {
@@ -143,7 +229,7 @@ impl SessionEntry {
                         } else {
                             st.session.count_drop();
                             Self::record_drop(&mut st, &self.client_id, &shared.stats, 1);
-                            return;
+                            return persisted;
                         }
                     }
                 }
@@ -153,7 +239,7 @@ impl SessionEntry {
                     if let Some(w) = waker {
                         w.notify_one();
                     }
-                    return;
+                    return persisted;
                 }
                 Outcome::Wait(back, waker) => {
                     delivery = back;
@@ -196,7 +282,7 @@ impl SessionEntry {
         encoder: &mut Encoder,
         buf: &mut BytesMut,
         max_bytes: usize,
-        (now, stats): (BrokerTime, &Stats),
+        (now, stats, shared): (BrokerTime, &Stats, &Shared),
     ) -> Result<(u64, bool), NotOwner> {
         let mut st = self.lock_owned(conn)?;
         let mut sent = 0;
@@ -223,6 +309,7 @@ impl SessionEntry {
         if expired > 0 {
             Stats::add(&stats.messages_expired, expired);
         }
+        st.sync(shared, &self.client_id);
         let freed = sent > 0 || expired > 0;
         if st.session.has_room() {
             st.dropping = false;
@@ -241,6 +328,8 @@ pub(crate) struct Attached {
     pub(crate) session_present: bool,
     /// Unacknowledged deliveries to resend first, with DUP.
     pub(crate) resend: Vec<Outbound>,
+    /// The session is kept on disk: CONNACK waits for it to be written.
+    pub(crate) durable: bool,
 }
 
 /// What a connection tells [`Sessions::attach`].
@@ -280,13 +369,9 @@ impl Sessions {
     /// one ([MQTT-3.1.4-2]), starts fresh on clean start ([MQTT-3.1.2-4]) or resumes
     /// ([MQTT-3.1.2-5]).
     pub(crate) fn attach(&self, shared: &Shared, req: AttachRequest) -> Attached {
-        let limits = SessionLimits {
-            max_queued: shared.config.max_queued_messages,
-            max_inflight: shared.config.max_inflight,
-            overflow: shared.config.queue_full.into(),
-        };
+        let limits = limits(shared);
         let mut ended = None;
-        let (entry, session_present, resend) = {
+        let (entry, session_present, resend, durable) = {
             let mut map = self.map();
             let existing = map.get(&req.client_id).cloned();
             let (entry, present) = match existing {
@@ -297,6 +382,9 @@ impl Sessions {
                     // tests/sessions.rs). Clearing the owner first makes it exit as taken
                     // over (MQTT 5: DISCONNECT 0x8E), not as shut down (0x8B).
                     let mut old_st = old.lock();
+                    // gone from disk before the new session is written there
+                    old_st.record(shared, || Op::DeleteSession(req.client_id.clone()));
+                    old_st.persistent = false;
                     old_st.owner = None;
                     old_st.waker = None;
                     if let Some(kick) = old_st.kick.take() {
@@ -325,14 +413,21 @@ impl Sessions {
             st.expiry = req.expiry;
             st.disconnected_at = None;
             st.generation += 1;
+            let persistent = shared.persist.is_some() && req.expiry != Some(Duration::ZERO);
+            if st.persistent && !persistent {
+                // resumed with expiry 0: it ends with this connection, so not on disk
+                st.record(shared, || Op::DeleteSession(req.client_id.clone()));
+            }
+            st.persistent = persistent;
+            st.record_session(shared, &req.client_id);
             let resend = st.session.resume(req.receive_maximum, shared.now());
             drop(st);
-            (entry, present, resend)
+            (entry, present, resend, persistent)
         };
         if let Some(old) = ended {
             end_session(shared, &old);
         }
-        Attached { entry, session_present, resend }
+        Attached { entry, session_present, resend, durable }
     }
 
     /// Detaches connection `conn`. A session with zero expiry ends now; others wait for
@@ -350,6 +445,7 @@ impl Sessions {
             end_session(shared, entry);
         } else {
             st.disconnected_at = Some(Instant::now());
+            st.record_session(shared, &entry.client_id);
         }
         Some(generation)
     }
@@ -379,7 +475,10 @@ fn end_session(shared: &Shared, entry: &Arc<SessionEntry>) {
     let filters: Vec<TopicFilter> = {
         let mut st = entry.lock();
         st.removed = true;
+        st.record(shared, || Op::DeleteSession(entry.client_id.clone()));
+        st.persistent = false;
         st.session.clear();
+        drop(st.session.take_changes());
         st.subscriptions.drain().map(|(f, _)| f).collect()
     };
     for f in filters {
@@ -421,14 +520,38 @@ pub(crate) async fn reap_expired(shared: Arc<Shared>, shutdown: CancellationToke
 
 /// Routes one accepted message: retained store, ingest hook, then every matching
 /// session's queue. Returns the hook's acknowledgement future, if it wants one awaited.
+///
+/// With persistence, the acknowledgement also waits until what the message changed on
+/// disk (retained copy, deliveries to durable sessions) is committed, and until
+/// everything recorded before when `durable` (the QoS 2 packet id of the PUBLISH).
 pub(crate) async fn publish(
     shared: &Shared,
     from: Option<&ClientId>,
     message: Arc<Message>,
+    durable: bool,
 ) -> Option<IngestAck> {
+    let persist = shared.persist.as_deref().filter(|_| message.qos != QoS::AtMostOnce || message.retain);
+    if let Some(p) = persist.filter(|_| !durable) {
+        // the journal of uncommitted ops is bounded: publishers wait for the writer
+        // (not with a hold open, which would keep the writer from making room)
+        while !p.has_room() {
+            p.room().await;
+        }
+    }
     let ack = shared.hook.as_ref().and_then(|hook| hook.offer(from, &message));
-    route(shared, from, &message).await;
-    ack
+    let (_, persisted) = route(shared, from, &message).await;
+    let stored = match persist {
+        Some(p) if persisted || durable => Some(p.flush()),
+        _ => None,
+    };
+    match (ack, stored) {
+        (ack, None) => ack,
+        (None, Some(stored)) => Some(stored),
+        (Some(ack), Some(stored)) => Some(Box::pin(async move {
+            let (a, b) = tokio::join!(ack, stored);
+            a.and(b)
+        })),
+    }
 }
 
 /// Publishes a message of the hub's (a command, a rule's action): like a will, the
@@ -438,7 +561,7 @@ pub(crate) async fn publish_from_hub(shared: &Shared, message: Arc<Message>) -> 
         // the hub stores it whether or not this future is polled
         drop(hook.offer(None, &message));
     }
-    route(shared, None, &message).await
+    route(shared, None, &message).await.0
 }
 
 /// Publishes a message of the broker's own (`$SYS`): retained store and subscribers, but
@@ -450,11 +573,27 @@ pub(crate) async fn publish_internal(shared: &Shared, message: Arc<Message>) {
 }
 
 /// Stores or clears the retained copy, then queues `message` for every matching
-/// session, with its expiry on the broker's clock. Returns how many sessions it went to.
-async fn route(shared: &Shared, from: Option<&ClientId>, message: &Arc<Message>) -> usize {
+/// session, with its expiry on the broker's clock. Returns how many sessions it went to,
+/// and whether it recorded anything for the disk.
+async fn route(shared: &Shared, from: Option<&ClientId>, message: &Arc<Message>) -> (usize, bool) {
     let expires_at = message.properties.message_expiry.map(|d| BrokerTime(shared.now().0 + d));
+    let mut persisted = false;
     if message.retain {
-        shared.router.retain(message, expires_at);
+        // `$SYS` is published again at every start: not kept
+        let persist = shared.persist.as_deref().filter(|_| !message.topic.as_str().starts_with("$SYS/"));
+        shared.router.retain(message, expires_at, || {
+            if let Some(p) = persist {
+                p.record(if message.payload.is_empty() {
+                    Op::DeleteRetained(message.topic.clone())
+                } else {
+                    Op::PutRetained(crate::persist::RetainedRecord {
+                        message: Arc::clone(message),
+                        expires_at: expires_at.map(|t| shared.clock().to_wall(t)),
+                    })
+                });
+                persisted = true;
+            }
+        });
     }
     let mut sessions = 0;
     for target in shared.router.targets(&message.topic) {
@@ -469,8 +608,108 @@ async fn route(shared: &Shared, from: Option<&ClientId>, message: &Arc<Message>)
             retain: target.retain_as_published && message.retain,
             subscription_ids: target.subscription_ids,
             expires_at,
+            persist_id: None,
         };
-        target.entry.enqueue(shared, delivery).await;
+        persisted |= target.entry.enqueue(shared, delivery).await;
     }
-    sessions
+    (sessions, persisted)
+}
+
+/// The session limits of the config.
+fn limits(shared: &Shared) -> SessionLimits {
+    SessionLimits {
+        max_queued: shared.config.max_queued_messages,
+        max_inflight: shared.config.max_inflight,
+        overflow: shared.config.queue_full.into(),
+    }
+}
+
+/// `delivery` (with its persist id) as kept on disk, queued.
+fn message_record(shared: &Shared, delivery: &Delivery) -> MessageRecord {
+    MessageRecord {
+        seq: delivery.persist_id.unwrap_or_default(),
+        message: Arc::clone(&delivery.message),
+        qos: delivery.qos,
+        retain: delivery.retain,
+        subscription_ids: delivery.subscription_ids.clone(),
+        expires_at: delivery.expires_at.map(|t| shared.clock().to_wall(t)),
+        inflight: None,
+    }
+}
+
+/// Puts back what was on disk: retained messages not yet expired, and durable sessions
+/// (offline, their expiry running from their disconnect time) with their
+/// subscriptions, deliveries and QoS 2 packet ids. Returns how many sessions and
+/// deliveries it restored.
+pub(crate) fn restore(shared: &Shared, snapshot: Snapshot) -> (usize, usize) {
+    let clock = shared.clock();
+    for r in snapshot.retained {
+        let expires_at = r.expires_at.map(|w| clock.to_broker(w));
+        if expires_at.is_some_and(|at| at <= clock.broker) {
+            Stats::add(&shared.stats.messages_expired, 1);
+            continue; // dropped from disk the next time its topic is retained
+        }
+        shared.router.retain(&r.message, expires_at, || {});
+    }
+    let (mut sessions, mut deliveries) = (0, 0);
+    let mut next_seq = 0;
+    let now = Instant::now();
+    for stored in snapshot.sessions {
+        let rec = stored.session;
+        let entry = Arc::new(SessionEntry::new(rec.client_id.clone(), limits(shared)));
+        {
+            let mut st = entry.lock();
+            st.persistent = shared.persist.is_some();
+            st.expiry = rec.expiry;
+            // how long ago it went offline (a session online at the crash: at restart)
+            let offline_for = rec
+                .disconnected_at
+                .map_or(Duration::ZERO, |at| clock.wall.duration_since(at).unwrap_or(Duration::ZERO));
+            st.disconnected_at = Some(now.checked_sub(offline_for).unwrap_or(now));
+            for sub in rec.subscriptions {
+                let subscriber = crate::router::Subscriber {
+                    entry: Arc::clone(&entry),
+                    options: sub.options,
+                    subscription_id: sub.subscription_id,
+                };
+                match sub.filter.split_shared() {
+                    None => {
+                        shared.router.subscribe(&sub.filter, subscriber);
+                    }
+                    Some(Ok((_, inner))) => {
+                        shared.router.subscribe_shared(&sub.filter, inner, subscriber);
+                    }
+                    Some(Err(_)) => continue,
+                }
+                st.subscriptions.insert(sub.filter, (sub.options, sub.subscription_id));
+            }
+            for m in stored.messages {
+                next_seq = next_seq.max(m.seq + 1);
+                let delivery = Delivery {
+                    message: m.message,
+                    qos: m.qos,
+                    retain: m.retain,
+                    subscription_ids: m.subscription_ids,
+                    expires_at: m.expires_at.map(|w| clock.to_broker(w)),
+                    persist_id: Some(m.seq),
+                };
+                match m.inflight {
+                    Some((packet_id, stage)) if st.session.inflight() < usize::from(u16::MAX) - 1 => {
+                        if !st.session.restore_inflight(packet_id, delivery.clone(), stage) {
+                            st.session.restore_queued(delivery);
+                        }
+                    }
+                    _ => st.session.restore_queued(delivery),
+                }
+                deliveries += 1;
+            }
+            for id in stored.incoming_qos2 {
+                st.session.on_incoming_qos2(id);
+            }
+        }
+        sessions += 1;
+        shared.sessions.map().insert(rec.client_id, entry);
+    }
+    shared.persist_seq.fetch_max(next_seq, Ordering::Relaxed);
+    (sessions, deliveries)
 }

@@ -9,6 +9,9 @@
 //!   mappings: topic → device, payload → points), and the bounded queue whose writer
 //!   groups many callers' records into one store write. [`ingest::Ingest`] is the
 //!   broker's `IngestHook`: MQTT acknowledgements wait for the commit.
+//! * [`persist`]: the broker's durable state (retained messages, persistent sessions,
+//!   their QoS 1/2 deliveries, QoS 2 packet ids) on the store: [`persist::Journal`] is
+//!   the broker's `Persistence`, its writer group-commits, [`persist::load`] at start.
 //! * [`registry`]: devices, credentials, ACL rules, admin tokens, rate limits and the
 //!   audit log; the broker's `Authenticator` and the API's gatekeeper.
 //! * [`rules`]: the rules engine (topic filter + CEL condition → actions, with
@@ -20,6 +23,7 @@
 
 pub mod events;
 pub mod ingest;
+pub mod persist;
 pub mod registry;
 pub mod retention;
 pub mod rules;

@@ -60,6 +60,7 @@ pub fn session(data: &[u8]) {
                     retain: false,
                     subscription_ids: Vec::new(),
                     expires_at,
+                    persist_id: None,
                 };
                 let _ = s.enqueue(delivery);
             }

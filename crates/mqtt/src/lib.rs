@@ -23,4 +23,6 @@ pub use packet::{
     ConnAckCode, Connect, Inbound, Outbound, ProtocolVersion, PublishIn, SubAckCode, SubOptions, Will,
 };
 pub use reason::ProtocolError;
-pub use session::{BrokerTime, Delivery, EnqueueError, OverflowPolicy, Session, SessionLimits};
+pub use session::{
+    BrokerTime, Delivery, EnqueueError, InflightStage, OverflowPolicy, PersistChange, Session, SessionLimits,
+};

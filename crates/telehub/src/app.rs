@@ -57,6 +57,8 @@ pub struct App {
     http: telehub_api::Server,
     store: Arc<Store>,
     ingest_writer: ingest::Writer<Store>,
+    /// Commits the broker's durable state (`[mqtt] persistence`).
+    persist_writer: Option<telehub_hub::persist::Writer<Store>>,
     data_dir: PathBuf,
     config: Config,
 }
@@ -93,6 +95,17 @@ impl App {
         let tap = Tap::new(ingest.clone());
         let mut broker = Broker::bind(config.mqtt.clone(), Some(Arc::new(tap))).await?;
         broker.set_authenticator(Arc::new(registry.clone()));
+        // retained messages and persistent sessions as they were at the last stop
+        let persist_writer = if config.mqtt.persistence {
+            let snapshot = telehub_hub::persist::load(&*store).await?;
+            let (journal, writer) =
+                telehub_hub::persist::Journal::new(store.clone(), telehub_hub::persist::DEFAULT_CAPACITY);
+            let (sessions, deliveries) = broker.restore(Arc::new(journal), snapshot);
+            info!(sessions, deliveries, "restored the broker's durable state");
+            Some(writer)
+        } else {
+            None
+        };
         let control = broker.control();
         registry.on_revoke(move |revoked| {
             let dropped = match revoked {
@@ -110,7 +123,18 @@ impl App {
             telehub_api::Server::bind(config.http.clone(), store.clone(), ingest, registry.clone(), tls)
                 .await?;
         http.broker_stats(broker.stats());
-        Ok(Self { broker, events, registry, first_token, http, store, ingest_writer, data_dir, config })
+        Ok(Self {
+            broker,
+            events,
+            registry,
+            first_token,
+            http,
+            store,
+            ingest_writer,
+            persist_writer,
+            data_dir,
+            config,
+        })
     }
 
     /// The hub's event broadcast (device presence, commands, alerts).
@@ -213,6 +237,10 @@ impl App {
         let stop_ingest = CancellationToken::new();
         let writer = TaskTracker::new();
         writer.spawn(self.ingest_writer.run(stop_ingest.clone()));
+        // the broker's durable state: its last ops are recorded before the broker stops
+        if let Some(persist) = self.persist_writer {
+            writer.spawn(persist.run(stop_ingest.clone()));
+        }
         // the registry's audit writer stops with the ingest writer: after the producers
         writer.spawn(self.registry.run(stop_ingest.clone()));
         writer.close();

@@ -229,8 +229,16 @@ impl Router {
 
     /// Stores, replaces or (with an empty payload) clears the retained message of its
     /// topic ([MQTT-3.3.1-5], [MQTT-3.3.1-10], [MQTT-3.3.1-11]).
-    pub(crate) fn retain(&self, message: &Arc<Message>, expires_at: Option<BrokerTime>) {
+    /// `under_lock` runs under the same lock (records the change for the disk in the
+    /// order the changes happen).
+    pub(crate) fn retain(
+        &self,
+        message: &Arc<Message>,
+        expires_at: Option<BrokerTime>,
+        under_lock: impl FnOnce(),
+    ) {
         let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
+        under_lock();
         if message.payload.is_empty() {
             retained.remove(&message.topic);
         } else {

@@ -110,16 +110,16 @@ fn message(topic: &str, payload: &'static [u8]) -> Arc<Message> {
 fn mqtt_3_3_1_5_retained_message_is_set_replaced_and_cleared_by_empty_payload() {
     let router = Router::default();
     let all = TopicFilter::new("s/#").unwrap();
-    router.retain(&message("s/1", b"a"), None);
-    router.retain(&message("s/2", b"b"), None);
-    router.retain(&message("s/1", b"c"), None);
+    router.retain(&message("s/1", b"a"), None, || {});
+    router.retain(&message("s/2", b"b"), None, || {});
+    router.retain(&message("s/1", b"c"), None, || {});
     let mut got: Vec<_> = router.retained_matching(&all, T0).iter().map(|(m, _)| m.payload.clone()).collect();
     got.sort();
     assert_eq!(got, vec![Bytes::from_static(b"b"), Bytes::from_static(b"c")]);
-    router.retain(&message("s/2", b""), None);
+    router.retain(&message("s/2", b""), None, || {});
     assert_eq!(router.retained_matching(&all, T0).len(), 1);
     assert!(router.retained_matching(&TopicFilter::new("#").unwrap(), T0).len() == 1);
-    router.retain(&message("$SYS/x", b"d"), None);
+    router.retain(&message("$SYS/x", b"d"), None, || {});
     assert_eq!(router.retained_matching(&TopicFilter::new("#").unwrap(), T0).len(), 1, "[MQTT-4.7.2-1]");
 }
 
@@ -127,8 +127,8 @@ fn mqtt_3_3_1_5_retained_message_is_set_replaced_and_cleared_by_empty_payload() 
 fn mqtt_3_3_2_5_expired_retained_message_is_not_delivered_and_is_dropped() {
     let router = Router::default();
     let at = |s| BrokerTime(std::time::Duration::from_secs(s));
-    router.retain(&message("e/1", b"short"), Some(at(10)));
-    router.retain(&message("e/2", b"long"), Some(at(100)));
+    router.retain(&message("e/1", b"short"), Some(at(10)), || {});
+    router.retain(&message("e/2", b"long"), Some(at(100)), || {});
     let all = TopicFilter::new("e/#").unwrap();
     assert_eq!(router.retained_matching(&all, at(5)).len(), 2);
     let left = router.retained_matching(&all, at(50));

@@ -55,6 +55,9 @@ pub struct Delivery {
     pub subscription_ids: Vec<u32>,
     /// When the message expires (MQTT 5 Message Expiry Interval), if it does.
     pub expires_at: Option<BrokerTime>,
+    /// The delivery's id in durable storage, when the broker keeps it on disk; the
+    /// session reports what happens to it through [`Session::take_changes`].
+    pub persist_id: Option<u64>,
 }
 
 impl Delivery {
@@ -69,6 +72,40 @@ impl Delivery {
     fn is_expired(&self, now: BrokerTime) -> bool {
         self.expires_at.is_some_and(|at| now >= at)
     }
+}
+
+/// What happened to a delivery with a [`Delivery::persist_id`], for the broker to
+/// mirror on disk ([`Session::take_changes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PersistChange {
+    /// Sent with this packet id; now awaiting PUBACK or PUBREC.
+    Sent {
+        /// The delivery's persist id.
+        id: u64,
+        /// Its packet id.
+        packet_id: u16,
+    },
+    /// PUBREL sent for the delivery in flight with this packet id; awaiting PUBCOMP.
+    Released {
+        /// The delivery's persist id.
+        id: u64,
+        /// Its packet id.
+        packet_id: u16,
+    },
+    /// Gone from the session: acknowledged, dropped, expired, abandoned or cleared.
+    Removed {
+        /// The delivery's persist id.
+        id: u64,
+    },
+}
+
+/// The stage of a delivery restored in flight ([`Session::restore_inflight`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflightStage {
+    /// PUBLISH sent, awaiting PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// PUBREL sent, awaiting PUBCOMP.
+    Released,
 }
 
 /// A delivery was not queued.
@@ -111,6 +148,8 @@ pub struct Session {
     incoming_qos2: HashSet<u16>,
     dropped: u64,
     expired: u64,
+    /// What happened to deliveries with a persist id since the last take.
+    changes: Vec<PersistChange>,
 }
 
 impl Session {
@@ -126,7 +165,54 @@ impl Session {
             incoming_qos2: HashSet::new(),
             dropped: 0,
             expired: 0,
+            changes: Vec::new(),
         }
+    }
+
+    /// What happened to deliveries with a [`Delivery::persist_id`] since the last call,
+    /// in order. Empty (and free) for sessions that keep nothing on disk.
+    pub fn take_changes(&mut self) -> Vec<PersistChange> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// True when [`Session::take_changes`] has something.
+    pub fn has_changes(&self) -> bool {
+        !self.changes.is_empty()
+    }
+
+    fn removed(&mut self, delivery: &Delivery) {
+        if let Some(id) = delivery.persist_id {
+            self.changes.push(PersistChange::Removed { id });
+        }
+    }
+
+    /// Puts back a delivery that was queued when the broker stopped, ignoring the bound
+    /// (it held at most the bound of its time).
+    pub fn restore_queued(&mut self, delivery: Delivery) {
+        self.queue.push_back(delivery);
+    }
+
+    /// Puts back a QoS 1/2 delivery that was in flight with `packet_id` when the broker
+    /// stopped; it is resent (with DUP, or as PUBREL) on the next [`Session::resume`],
+    /// after those restored before it. An id already in use is refused (false).
+    pub fn restore_inflight(&mut self, packet_id: u16, delivery: Delivery, stage: InflightStage) -> bool {
+        if packet_id == 0 || delivery.qos == QoS::AtMostOnce || self.inflight.contains_key(&packet_id) {
+            return false;
+        }
+        let stage = match (stage, delivery.qos) {
+            (InflightStage::Released, QoS::ExactlyOnce) => Awaiting::PubComp,
+            (_, QoS::ExactlyOnce) => Awaiting::PubRec,
+            _ => Awaiting::PubAck,
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.inflight.insert(packet_id, Inflight { delivery, stage, seq });
+        true
+    }
+
+    /// The QoS 2 packet ids received and not yet released, for keeping them on disk.
+    pub fn incoming_qos2_ids(&self) -> impl Iterator<Item = u16> + '_ {
+        self.incoming_qos2.iter().copied()
     }
 
     /// Deliveries dropped by the overflow policy since the session began.
@@ -168,11 +254,13 @@ impl Session {
             match self.limits.overflow {
                 OverflowPolicy::DropNew => return Err(EnqueueError::Full(delivery)),
                 OverflowPolicy::DropOldest => {
-                    if self.queue.pop_front().is_some() {
+                    if let Some(old) = self.queue.pop_front() {
                         self.dropped += 1;
+                        self.removed(&old);
                     }
                     if self.limits.max_queued == 0 {
                         self.dropped += 1;
+                        self.removed(&delivery);
                         return Ok(());
                     }
                 }
@@ -224,7 +312,9 @@ impl Session {
     /// and counted ([`Session::expired`]).
     pub fn next_outgoing(&mut self, now: BrokerTime) -> Option<Outbound> {
         while self.queue.front().is_some_and(|d| d.is_expired(now)) {
-            self.queue.pop_front();
+            if let Some(gone) = self.queue.pop_front() {
+                self.removed(&gone);
+            }
             self.expired += 1;
         }
         let front = self.queue.front()?;
@@ -240,6 +330,9 @@ impl Session {
                     if delivery.qos == QoS::AtLeastOnce { Awaiting::PubAck } else { Awaiting::PubRec };
                 let seq = self.next_seq;
                 self.next_seq += 1;
+                if let Some(pid) = delivery.persist_id {
+                    self.changes.push(PersistChange::Sent { id: pid, packet_id: id });
+                }
                 self.inflight.insert(id, Inflight { delivery: delivery.clone(), stage, seq });
                 Some(id)
             }
@@ -277,7 +370,9 @@ impl Session {
     pub fn on_puback(&mut self, id: u16) -> Result<(), ProtocolError> {
         match self.inflight.get(&id) {
             Some(f) if f.stage == Awaiting::PubAck => {
-                self.inflight.remove(&id);
+                if let Some(f) = self.inflight.remove(&id) {
+                    self.removed(&f.delivery);
+                }
                 Ok(())
             }
             _ => Err(ProtocolError::UnknownPacketId),
@@ -293,6 +388,11 @@ impl Session {
     pub fn on_pubrec(&mut self, id: u16) -> Result<Outbound, ProtocolError> {
         match self.inflight.get_mut(&id) {
             Some(f) if f.stage != Awaiting::PubAck => {
+                if f.stage == Awaiting::PubRec
+                    && let Some(pid) = f.delivery.persist_id
+                {
+                    self.changes.push(PersistChange::Released { id: pid, packet_id: id });
+                }
                 f.stage = Awaiting::PubComp;
                 Ok(Outbound::PubRel(id))
             }
@@ -308,7 +408,9 @@ impl Session {
     pub fn on_pubcomp(&mut self, id: u16) -> Result<(), ProtocolError> {
         match self.inflight.get(&id) {
             Some(f) if f.stage == Awaiting::PubComp => {
-                self.inflight.remove(&id);
+                if let Some(f) = self.inflight.remove(&id) {
+                    self.removed(&f.delivery);
+                }
                 Ok(())
             }
             _ => Err(ProtocolError::UnknownPacketId),
@@ -337,13 +439,19 @@ impl Session {
     /// Gives up on an in-flight delivery that could not be sent at all (e.g. larger
     /// than the client's Maximum Packet Size), freeing its packet id.
     pub fn abandon(&mut self, id: u16) {
-        self.inflight.remove(&id);
+        if let Some(f) = self.inflight.remove(&id) {
+            self.removed(&f.delivery);
+        }
     }
 
     /// Forgets everything (clean start / clean session).
     pub fn clear(&mut self) {
-        self.queue.clear();
-        self.inflight.clear();
+        for d in std::mem::take(&mut self.queue) {
+            self.removed(&d);
+        }
+        for (_, f) in std::mem::take(&mut self.inflight) {
+            self.removed(&f.delivery);
+        }
         self.incoming_qos2.clear();
         self.next_packet_id = 1;
     }

@@ -23,6 +23,7 @@ fn delivery(n: u8, qos: QoS) -> Delivery {
         retain: false,
         subscription_ids: Vec::new(),
         expires_at: None,
+        persist_id: None,
     }
 }
 
