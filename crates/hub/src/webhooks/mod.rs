@@ -782,14 +782,14 @@ impl<S: RegistryStore + OutboxStore> Webhooks<S> {
         }
     }
 
-    /// The sender, until `stop`: claims due deliveries (lease: twice the timeout, at
-    /// least a minute), sends each endpoint's one at a time on a worker, at most
+    /// The sender, until `stop`: claims due deliveries (lease: twice the timeout; one
+    /// held back by an open breaker or a disabled endpoint is due again when it ends), sends each endpoint's one at a time on a worker, at most
     /// `concurrency` attempts at once; every `keep_delivered / 10` deletes old delivered
     /// ones. An attempt under way when `stop` comes is abandoned: its lease ends and it
     /// is made again later (at least once).
     pub async fn send(self, stop: CancellationToken) {
         let cfg = &self.inner.config;
-        let lease = (cfg.timeout * 2).max(Duration::from_secs(60));
+        let lease = (cfg.timeout * 2).max(Duration::from_secs(1));
         let max_held = cfg.batch.max(1) * 4;
         let held: Arc<Mutex<Held>> = Arc::default();
         let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
