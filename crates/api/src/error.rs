@@ -22,6 +22,17 @@ pub(crate) enum ApiError {
     /// A path segment or query parameter is malformed; the message names it.
     #[error("{0}")]
     BadRequest(String),
+    /// A rule that does not compile: the message says why; the problem body also names
+    /// the `field` and, for a CEL expression, its `line` and `column`.
+    #[error("{detail}")]
+    BadRule {
+        /// The message.
+        detail: String,
+        /// The field at fault (`condition`, `actions[0].topic`, …).
+        field: String,
+        /// Line and column (1-based) of a CEL error.
+        position: Option<(usize, usize)>,
+    },
     /// No device with this id has sent anything.
     #[error("no device {0} has sent telemetry")]
     UnknownDevice(DeviceId),
@@ -72,7 +83,7 @@ impl ApiError {
     /// The only place statuses are chosen.
     fn status(&self) -> StatusCode {
         match self {
-            Self::BadBody(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadBody(_) | Self::BadRequest(_) | Self::BadRule { .. } => StatusCode::BAD_REQUEST,
             Self::UnknownDevice(_) | Self::NotFound(_) | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -174,6 +185,13 @@ struct Problem {
     title: &'static str,
     status: u16,
     detail: String,
+    /// A refused rule's field, and the line and column of a CEL error in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    column: Option<usize>,
 }
 
 impl IntoResponse for ApiError {
@@ -186,6 +204,18 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             // the Display of server errors is generic: no internal detail leaks
             detail: self.to_string(),
+            field: match &self {
+                Self::BadRule { field, .. } => Some(field.clone()),
+                _ => None,
+            },
+            line: match &self {
+                Self::BadRule { position, .. } => position.map(|p| p.0),
+                _ => None,
+            },
+            column: match &self {
+                Self::BadRule { position, .. } => position.map(|p| p.1),
+                _ => None,
+            },
         };
         let mut response = (status, Json(problem)).into_response();
         let headers = response.headers_mut();

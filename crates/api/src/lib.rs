@@ -21,6 +21,8 @@
 //!   export/import), `GET /api/v1/devices/{id}/latest`.
 //! * `credentials`: `/api/v1/devices/{id}/credentials`.
 //! * `acl`: `/api/v1/acl`. `tokens`: `/api/v1/tokens`. `audit`: `GET /api/v1/audit`.
+//! * `rules`: `/api/v1/rules` (rules with their stats; config rules read-only) and
+//!   `GET /api/v1/alerts`.
 //! * `ops`: `GET /healthz`, `GET /readyz`, `GET /metrics`, the request log (`debug`).
 //! * `error`: `ApiError` → status + `application/problem+json`, the only place statuses
 //!   are chosen.
@@ -37,6 +39,7 @@ mod error;
 mod extract;
 mod https;
 mod ops;
+mod rules;
 mod telemetry;
 mod tokens;
 
@@ -181,6 +184,9 @@ fn router_with<S: TelemetryStore + RegistryStore>(
         .route("/api/v1/tokens", get(tokens::list::<S>).post(tokens::create::<S>))
         .route("/api/v1/tokens/{tid}", delete(tokens::delete::<S>))
         .route("/api/v1/audit", get(audit::query::<S>))
+        .route("/api/v1/rules", get(rules::list).post(rules::create::<S>))
+        .route("/api/v1/rules/{name}", get(rules::get).put(rules::put::<S>).delete(rules::delete::<S>))
+        .route("/api/v1/alerts", get(rules::alerts))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz::<S>))
         .route("/metrics", get(ops::metrics::<S>))
@@ -189,6 +195,13 @@ fn router_with<S: TelemetryStore + RegistryStore>(
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard::<S>))
         .layer(axum::middleware::from_fn(ops::log_request))
         .with_state(state)
+}
+
+/// `router` with the rule and alert routes served by `rules` (without it they answer
+/// 503).
+pub fn with_rules(router: Router, rules: telehub_hub::rules::Rules<telehub_store::Store>) -> Router {
+    let slot: rules::RulesSlot = Arc::new(OnceLock::from(rules));
+    router.layer(axum::Extension(slot))
 }
 
 /// The HTTP API with its listeners bound; nothing is served until [`Server::run`].
@@ -200,6 +213,8 @@ pub struct Server {
     /// What the plain listener serves instead of `router` (`redirect_to_https`).
     redirect: Option<Router>,
     broker: Arc<OnceLock<Arc<telehub_broker::Stats>>>,
+    /// The rules service, once [`Server::rules`] gave it.
+    rules: rules::RulesSlot,
 }
 
 impl Server {
@@ -260,12 +275,19 @@ impl Server {
         };
         let broker = Arc::default();
         let router = router_with(config, store, ingest, registry, Arc::clone(&broker));
-        Ok(Self { listener, addr, https, router, redirect, broker })
+        let rules = rules::RulesSlot::default();
+        let router = router.layer(axum::Extension(Arc::clone(&rules)));
+        Ok(Self { listener, addr, https, router, redirect, broker, rules })
     }
 
     /// Adds the broker's counters to `GET /metrics`.
     pub fn broker_stats(&self, stats: Arc<telehub_broker::Stats>) {
         let _ = self.broker.set(stats);
+    }
+
+    /// Serves the rule and alert routes with `rules` (503 until then).
+    pub fn rules(&self, rules: telehub_hub::rules::Rules<telehub_store::Store>) {
+        let _ = self.rules.set(rules);
     }
 
     /// The bound HTTP address (the real port when `listen` asked for port 0).

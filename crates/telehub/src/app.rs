@@ -44,6 +44,9 @@ pub enum StartError {
     /// The registry could not be loaded, or the first admin token made.
     #[error("{0}")]
     Registry(#[from] RegistryError),
+    /// A `[[rules]]` entry does not compile, or the stored rules cannot be read.
+    #[error(transparent)]
+    Rules(#[from] telehub_hub::rules::RulesError),
 }
 
 /// telehub with its store open and its sockets bound; nothing runs yet.
@@ -61,6 +64,8 @@ pub struct App {
     persist_writer: Option<telehub_hub::persist::Writer<Store>>,
     data_dir: PathBuf,
     config: Config,
+    /// The rules service and its feed of accepted messages.
+    rules: (telehub_hub::rules::Rules<Store>, tokio::sync::mpsc::Receiver<Arc<telehub_core::Message>>),
 }
 
 impl App {
@@ -92,7 +97,16 @@ impl App {
             }
         });
         // every accepted message: telemetry ingest, then the hub's feeds
-        let tap = Tap::new(ingest.clone());
+        let mut tap = Tap::new(ingest.clone());
+        // rules: the config file's and the stored ones, evaluated on a bounded feed
+        let rules_feed = tap.feed("rules", telehub_hub::rules::service::FEED_CAPACITY);
+        let rules = telehub_hub::rules::Rules::open(
+            store.clone(),
+            telehub_hub::rules::EngineConfig::default(),
+            config.rules.clone(),
+            events.clone(),
+        )
+        .await?;
         let mut broker = Broker::bind(config.mqtt.clone(), Some(Arc::new(tap))).await?;
         broker.set_authenticator(Arc::new(registry.clone()));
         // retained messages and persistent sessions as they were at the last stop
@@ -123,6 +137,8 @@ impl App {
             telehub_api::Server::bind(config.http.clone(), store.clone(), ingest, registry.clone(), tls)
                 .await?;
         http.broker_stats(broker.stats());
+        http.rules(rules.clone());
+        let rules = (rules, rules_feed);
         Ok(Self {
             broker,
             events,
@@ -134,6 +150,7 @@ impl App {
             persist_writer,
             data_dir,
             config,
+            rules,
         })
     }
 
@@ -219,6 +236,15 @@ impl App {
         // record they still wait for gets committed
         let shutdown = CancellationToken::new();
         let producers = TaskTracker::new();
+        let rules_wiring = telehub_hub::rules::Wiring {
+            control: self.broker.control(),
+            sink: Arc::new(telehub_hub::rules::ControlSink::new(self.broker.control())),
+            mappings: self.config.ingest.mappings.clone(),
+            tags: {
+                let registry = self.registry.clone();
+                Arc::new(move |device| registry.device(device).map(|d| d.device.tags).unwrap_or_default())
+            },
+        };
         producers.spawn(self.broker.run(shutdown.clone()));
         producers.spawn({
             let shutdown = shutdown.clone();
@@ -243,6 +269,9 @@ impl App {
         }
         // the registry's audit writer stops with the ingest writer: after the producers
         writer.spawn(self.registry.run(stop_ingest.clone()));
+        // the rules after the broker: they evaluate what the feed still holds, then stop
+        let (rules, rules_feed) = self.rules;
+        writer.spawn(rules.run(rules_feed, rules_wiring, stop_ingest.clone()));
         writer.close();
         signal.await;
         info!("shutting down");

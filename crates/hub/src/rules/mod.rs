@@ -74,6 +74,12 @@
 //!   counts as the firing, but the [`Firing`] carries the error instead of the actions,
 //!   and the error is recorded.
 //!
+//! # The service
+//!
+//! [`Rules`] (in [`service`]) runs the engine in the hub: it evaluates every accepted
+//! message, carries out the firings (publish, commands, webhooks, alerts), keeps the
+//! rules made through the API in the store, and lists the alerts.
+//!
 //! # Cost
 //!
 //! [`MessageContext::new`] parses the payload once, straight into CEL values; every
@@ -85,12 +91,14 @@ mod context;
 mod engine;
 mod expr;
 mod index;
+pub mod service;
 mod spec;
 mod template;
 
 pub use compile::{CompiledRule, RenderedAction, RuleError};
 pub use context::{MessageContext, VARIABLES};
 pub use engine::{Cause, Engine, EngineConfig, Firing, RECENT_FIRINGS, RuleStats};
+pub use service::{ActionSink, ControlSink, Rules, RulesError, Wiring};
 pub use spec::{ActionSpec, CommandMode, RuleSpec, Severity};
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// One rule as written: which messages ([`filter`](Self::filter)), when
 /// ([`condition`](Self::condition) and the stateful options) and what to do
 /// ([`actions`](Self::actions)).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     /// Unique id: 1 to 64 characters out of `A-Z a-z 0-9 _ - .`.
@@ -52,7 +52,7 @@ pub struct RuleSpec {
 
 /// One action of a rule. Strings marked *template* may contain `${ <CEL> }`; JSON
 /// templates are any JSON value whose strings are templates.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ActionSpec {
     /// Send a command to a device.

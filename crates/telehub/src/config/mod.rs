@@ -32,6 +32,10 @@ pub struct Config {
     pub store: telehub_store::Config,
     /// Who may connect, publish, subscribe and administer.
     pub auth: telehub_hub::registry::AuthConfig,
+    /// `[[rules]]`: automation rules (read-only through the API). Not reachable from
+    /// `TELEHUB_*` variables (a list of tables).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<telehub_hub::rules::RuleSpec>,
 }
 
 impl Default for Config {
@@ -43,6 +47,7 @@ impl Default for Config {
             ingest: telehub_hub::ingest::Config::default(),
             store: telehub_store::Config::default(),
             auth: telehub_hub::registry::AuthConfig::default(),
+            rules: Vec::new(),
         }
     }
 }
