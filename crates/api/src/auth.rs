@@ -12,6 +12,14 @@
 //!      (`X-API-Key`), an admin token with `write`, or nothing when `allow_anonymous`;
 //!      which devices the caller may ingest for is checked by the handler, once it
 //!      knows the records' devices ([`authorize_ingest`]);
+//!    * `GET /api/v1/stream` (live streams): an admin token with `read`, or device
+//!      credentials as for ingest (or nothing when `allow_anonymous`); what a device may
+//!      watch is checked by the handler, as an MQTT subscribe;
+//!    * `POST /hooks/{name}` (inbound webhooks): no token; the handler checks the
+//!      request's signature with the hook's secret;
+//!    * the device's side of commands, `GET /api/v1/devices/{id}/commands/next` (HTTP
+//!      long-poll) and `POST /api/v1/devices/{id}/commands/{cid}/ack`: credentials as for
+//!      ingest; the handler checks that the caller is that device ([`IngestCall::permit_device`]);
 //!    * anything else (`/healthz`, `/readyz`, `/metrics`, unknown paths): open;
 //!
 //!    missing or invalid credentials are a 401 with `WWW-Authenticate: Bearer`, valid
@@ -108,6 +116,8 @@ enum Class {
     /// Device credentials (or an admin token with `write`); `hint` is the device of the
     /// URL; `tutorial` answers refusals in the shape of `POST /data`.
     Ingest { hint: Option<DeviceId>, tutorial: bool },
+    /// A live stream: an admin token with `read`, or device credentials.
+    Stream,
 }
 
 /// What `method` on `path` (as sent, before routing) needs. Decided on the path rather
@@ -125,7 +135,16 @@ fn classify(method: &Method, path: &str) -> Class {
             let hint = percent_decode(id).and_then(|id| DeviceId::new(id).ok());
             Class::Ingest { hint, tutorial: false }
         }
+        ["devices", id, "commands", "next"] if method == Method::GET => {
+            let hint = percent_decode(id).and_then(|id| DeviceId::new(id).ok());
+            Class::Ingest { hint, tutorial: false }
+        }
+        ["devices", id, "commands", _, "ack"] if method == Method::POST => {
+            let hint = percent_decode(id).and_then(|id| DeviceId::new(id).ok());
+            Class::Ingest { hint, tutorial: false }
+        }
         ["tokens", ..] => Class::Admin(Scope::Admin),
+        ["stream"] if method == Method::GET => Class::Stream,
         _ if method == Method::GET || method == Method::HEAD => Class::Admin(Scope::Read),
         _ => Class::Admin(Scope::Write),
     }
@@ -235,6 +254,32 @@ async fn authenticate<S: RegistryStore>(
             .check_admin(bearer, *needed)
             .map(Caller::Admin)
             .map_err(|e| admin_refused(registry, bearer, e)),
+        Class::Stream => {
+            if let Some(token) = bearer.filter(|t| !is_device_credential(t)) {
+                return registry
+                    .check_admin(Some(token), Scope::Read)
+                    .map(Caller::Admin)
+                    .map_err(|e| admin_refused(registry, bearer, e));
+            }
+            let api_key = headers.get(API_KEY).and_then(|v| v.to_str().ok()).map(str::trim);
+            registry.authenticate_http(bearer.or(api_key), None, remote.0).await.map(Caller::Device).map_err(
+                |refusal| {
+                    let error = match refusal {
+                        Refusal::NotAuthorized => {
+                            ApiError::Forbidden(format!("the device may not connect from {}", remote.0))
+                        }
+                        Refusal::ConnectionRate => {
+                            ApiError::RateLimited { retry_after: std::time::Duration::from_secs(1) }
+                        }
+                        Refusal::Unavailable => ApiError::Unavailable(None),
+                        Refusal::BadCredentials => ApiError::Unauthorized(
+                            "an admin token, or a device's token or JWT, is required".into(),
+                        ),
+                    };
+                    Refused { error, actor: "anonymous".into(), reason: None }
+                },
+            )
+        }
         Class::Ingest { hint, .. } => {
             if let Some(token) = bearer.filter(|t| !is_device_credential(t)) {
                 match registry.check_admin(Some(token), Scope::Write) {
@@ -352,6 +397,18 @@ impl<S: Send + Sync> FromRequestParts<S> for IngestCall {
 }
 
 impl IngestCall {
+    /// May the caller act as `device` (take its commands, report their outcomes)? The
+    /// device itself, an anonymous client when `allow_anonymous` let it in, or an admin
+    /// token with `write`; another device is refused (403).
+    pub(crate) fn permit_device(&self, device: &DeviceId) -> Result<(), ApiError> {
+        match &self.caller {
+            Caller::Device(Principal { device: Some(own), .. }) if own != device => Err(ApiError::Forbidden(
+                format!("{} may not take or acknowledge commands of device {device}", self.caller.label()),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// May the caller store records of `device`? A device only as itself or where an
     /// ACL rule lets it publish `devices/{device}/telemetry` (403, audited); an admin
     /// token with `write` for any device.
@@ -443,9 +500,21 @@ mod tests {
         assert_eq!(c(Method::DELETE, "/api/v1/devices/d"), Class::Admin(Scope::Write));
         assert_eq!(c(Method::GET, "/api/v1/tokens"), Class::Admin(Scope::Admin));
         assert_eq!(c(Method::DELETE, "/api/v1/tokens/tk_1"), Class::Admin(Scope::Admin));
+        let dev = Class::Ingest { hint: Some(DeviceId::new("d1").unwrap()), tutorial: false };
+        assert_eq!(c(Method::GET, "/api/v1/devices/d1/commands/next"), dev);
+        assert_eq!(c(Method::POST, "/api/v1/devices/d1/commands/cmd_1/ack"), dev);
+        assert_eq!(c(Method::GET, "/api/v1/devices/d1/commands"), Class::Admin(Scope::Read));
+        assert_eq!(c(Method::POST, "/api/v1/devices/d1/commands"), Class::Admin(Scope::Write));
+        assert_eq!(c(Method::DELETE, "/api/v1/devices/d1/commands/cmd_1"), Class::Admin(Scope::Write));
+        assert_eq!(c(Method::PATCH, "/api/v1/devices/d1/state/desired"), Class::Admin(Scope::Write));
         assert_eq!(c(Method::GET, "/api/v1"), Class::Admin(Scope::Read));
         assert_eq!(c(Method::GET, "/api/v1/"), Class::Admin(Scope::Read));
         assert_eq!(c(Method::GET, "/api/v1/nothing"), Class::Admin(Scope::Read));
+        assert_eq!(c(Method::GET, "/api/v1/stream"), Class::Stream);
+        assert_eq!(c(Method::POST, "/api/v1/stream"), Class::Admin(Scope::Write));
+        assert_eq!(c(Method::GET, "/api/v1/webhooks"), Class::Admin(Scope::Read));
+        assert_eq!(c(Method::POST, "/api/v1/webhooks/wh_1/deliveries/replay"), Class::Admin(Scope::Write));
+        assert_eq!(c(Method::POST, "/hooks/github"), Class::Open, "signature-checked by the handler");
         for open in ["/healthz", "/readyz", "/metrics", "/api/v10", "/api", "/"] {
             assert_eq!(c(Method::GET, open), Class::Open, "{open}");
         }

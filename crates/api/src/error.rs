@@ -9,6 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use telehub_core::DeviceId;
+use telehub_hub::commands::CommandError;
 use telehub_hub::ingest::IngestError;
 use telehub_hub::registry::{AdminRefusal, RegistryError};
 use telehub_store::StoreError;
@@ -71,6 +72,9 @@ pub(crate) enum ApiError {
         /// How long to wait.
         retry_after: Duration,
     },
+    /// The device has as many open commands as `[commands] max_queued_per_device`.
+    #[error("{0}")]
+    CommandQueueFull(String),
     /// The store cannot be reached or is shutting down.
     #[error("the store is unavailable")]
     Unavailable(#[source] Option<Arc<StoreError>>),
@@ -89,7 +93,9 @@ impl ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::QueueFull { .. } | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::QueueFull { .. } | Self::RateLimited { .. } | Self::CommandQueueFull(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -165,6 +171,18 @@ impl From<RegistryError> for ApiError {
             RegistryError::Invalid(message) => Self::BadBody(message),
             // whatever the store's trouble, the registry's change did not happen: retry
             RegistryError::Store(e) => Self::Unavailable(Some(Arc::new(e))),
+        }
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::UnknownDevice(_) | CommandError::NotFound(_) => Self::NotFound(e.to_string()),
+            CommandError::Invalid(message) => Self::BadBody(message),
+            CommandError::QueueFull { .. } => Self::CommandQueueFull(e.to_string()),
+            CommandError::WrongState { .. } => Self::Conflict(e.to_string()),
+            CommandError::Store(e) => Self::from(e),
         }
     }
 }

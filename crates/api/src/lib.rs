@@ -20,10 +20,16 @@
 //! * `devices`: `/api/v1/devices` (registry CRUD merged with the store's devices,
 //!   export/import), `GET /api/v1/devices/{id}/latest`.
 //! * `credentials`: `/api/v1/devices/{id}/credentials`.
+//! * `commands`: `/api/v1/devices/{id}/commands` (create, list, get, cancel; the device's
+//!   long-poll `…/next` and `…/{cid}/ack`). `state`: `/api/v1/devices/{id}/state` (the
+//!   shadow: desired, reported, delta).
 //! * `acl`: `/api/v1/acl`. `tokens`: `/api/v1/tokens`. `audit`: `GET /api/v1/audit`.
 //! * `rules`: `/api/v1/rules` (rules with their stats; config rules read-only) and
 //!   `GET /api/v1/alerts`.
 //! * `ops`: `GET /healthz`, `GET /readyz`, `GET /metrics`, the request log (`debug`).
+//! * `webhooks`: `/api/v1/webhooks` (outbound endpoints, deliveries, replay) and
+//!   `Hooks`; `hooks`: `POST /hooks/{name}` (inbound, signature-checked); `stream`:
+//!   `GET /api/v1/stream` (SSE and WebSocket).
 //! * `error`: `ApiError` → status + `application/problem+json`, the only place statuses
 //!   are chosen.
 
@@ -32,16 +38,21 @@ mod acl;
 mod acme;
 mod audit;
 mod auth;
+mod commands;
 mod credentials;
 mod data;
 mod devices;
 mod error;
 mod extract;
+mod hooks;
 mod https;
 mod ops;
 mod rules;
+mod state;
+mod stream;
 mod telemetry;
 mod tokens;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,6 +70,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::https::{AcmeConfig, AcmeStatus, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, TlsError};
+pub use crate::webhooks::Hooks;
 
 /// The `[http]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -179,6 +191,12 @@ fn router_with<S: TelemetryStore + RegistryStore>(
         .route("/api/v1/devices/{id}/telemetry", get(telemetry::query::<S>).post(telemetry::post::<S>))
         .route("/api/v1/devices/{id}/credentials", get(credentials::list::<S>).post(credentials::create::<S>))
         .route("/api/v1/devices/{id}/credentials/{cid}", delete(credentials::delete::<S>))
+        .route("/api/v1/devices/{id}/commands", get(commands::list).post(commands::create))
+        .route("/api/v1/devices/{id}/commands/next", get(commands::next))
+        .route("/api/v1/devices/{id}/commands/{cid}", get(commands::get).delete(commands::cancel))
+        .route("/api/v1/devices/{id}/commands/{cid}/ack", post(commands::ack))
+        .route("/api/v1/devices/{id}/state", get(state::get).patch(state::patch_state))
+        .route("/api/v1/devices/{id}/state/desired", get(state::get_desired).patch(state::patch_desired))
         .route("/api/v1/acl", get(acl::list::<S>).post(acl::create::<S>))
         .route("/api/v1/acl/{rid}", delete(acl::delete::<S>))
         .route("/api/v1/tokens", get(tokens::list::<S>).post(tokens::create::<S>))
@@ -187,6 +205,16 @@ fn router_with<S: TelemetryStore + RegistryStore>(
         .route("/api/v1/rules", get(rules::list).post(rules::create::<S>))
         .route("/api/v1/rules/{name}", get(rules::get).put(rules::put::<S>).delete(rules::delete::<S>))
         .route("/api/v1/alerts", get(rules::alerts))
+        .route("/api/v1/webhooks", get(webhooks::list).post(webhooks::create::<S>))
+        .route("/api/v1/webhooks/stats", get(webhooks::stats))
+        .route(
+            "/api/v1/webhooks/{wid}",
+            get(webhooks::get).patch(webhooks::update::<S>).delete(webhooks::delete),
+        )
+        .route("/api/v1/webhooks/{wid}/deliveries", get(webhooks::deliveries))
+        .route("/api/v1/webhooks/{wid}/deliveries/replay", post(webhooks::replay::<S>))
+        .route("/api/v1/stream", get(stream::stream::<S>))
+        .route("/hooks/{name}", post(hooks::post::<S>))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz::<S>))
         .route("/metrics", get(ops::metrics::<S>))
@@ -195,6 +223,19 @@ fn router_with<S: TelemetryStore + RegistryStore>(
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard::<S>))
         .layer(axum::middleware::from_fn(ops::log_request))
         .with_state(state)
+}
+
+/// [`router`] with the command and device-state routes served by `commands` (without
+/// it they answer 503).
+pub fn router_with_commands(
+    config: Config,
+    store: Arc<telehub_store::Store>,
+    ingest: Ingest,
+    registry: Registry<telehub_store::Store>,
+    commands: telehub_hub::commands::Commands<telehub_store::Store>,
+) -> Router {
+    let slot: commands::CommandsSlot = Arc::new(OnceLock::from(commands));
+    router(config, store, ingest, registry).layer(axum::Extension(slot))
 }
 
 /// `router` with the rule and alert routes served by `rules` (without it they answer
@@ -215,6 +256,10 @@ pub struct Server {
     broker: Arc<OnceLock<Arc<telehub_broker::Stats>>>,
     /// The rules service, once [`Server::rules`] gave it.
     rules: rules::RulesSlot,
+    /// The command service, once [`Server::commands`] gave it.
+    commands: commands::CommandsSlot,
+    /// What the webhook and stream routes use, once [`Server::hooks`] gave it.
+    hooks: webhooks::HooksSlot,
 }
 
 impl Server {
@@ -275,9 +320,13 @@ impl Server {
         };
         let broker = Arc::default();
         let router = router_with(config, store, ingest, registry, Arc::clone(&broker));
+        let hooks = webhooks::HooksSlot::default();
+        let router = router.layer(axum::Extension(Arc::clone(&hooks)));
+        let commands = commands::CommandsSlot::default();
+        let router = router.layer(axum::Extension(Arc::clone(&commands)));
         let rules = rules::RulesSlot::default();
         let router = router.layer(axum::Extension(Arc::clone(&rules)));
-        Ok(Self { listener, addr, https, router, redirect, broker, rules })
+        Ok(Self { listener, addr, https, router, redirect, broker, hooks, commands, rules })
     }
 
     /// Adds the broker's counters to `GET /metrics`.
@@ -288,6 +337,16 @@ impl Server {
     /// Serves the rule and alert routes with `rules` (503 until then).
     pub fn rules(&self, rules: telehub_hub::rules::Rules<telehub_store::Store>) {
         let _ = self.rules.set(rules);
+    }
+
+    /// Serves the webhook, inbound-hook and stream routes with `hooks` (503 until then).
+    pub fn hooks(&self, hooks: Hooks) {
+        let _ = self.hooks.set(hooks);
+    }
+
+    /// Serves the command and device-state routes with `commands` (503 until then).
+    pub fn commands(&self, commands: telehub_hub::commands::Commands<telehub_store::Store>) {
+        let _ = self.commands.set(commands);
     }
 
     /// The bound HTTP address (the real port when `listen` asked for port 0).

@@ -2,6 +2,9 @@
 //!
 //! # Layout
 //!
+//! * [`commands`]: [`commands::Commands`], commands to devices (fire-and-forget, queued
+//!   with a time to live, latest-wins): stored, delivered through the broker or an HTTP
+//!   long-poll, acknowledged by the device, expired; [`commands::wire`] has the formats.
 //! * [`events`]: [`events::Events`], the broadcast of hub events (device connected, command
 //!   state, alerts), and [`events::Tap`], the broker hook feeding accepted messages to
 //!   bounded feeds beside telemetry ingest.
@@ -17,14 +20,22 @@
 //! * [`rules`]: the rules engine (topic filter + CEL condition → actions, with
 //!   once-per-crossing, hysteresis, `for`, cooldown and no-data options), pure: messages
 //!   and the current time in, firings with rendered actions out.
+//! * [`shadow`]: device state (desired, reported, delta, version); a desired change is a
+//!   latest-wins command.
 //! * [`retention`]: the periodic task that deletes telemetry beyond the retention limits.
+//! * [`webhooks`]: outbound webhooks (endpoints, the durable outbox's dispatcher and
+//!   sender: Standard Webhooks signatures, back-off, dead letters, circuit breaker) and
+//!   inbound ones (`POST /hooks/{name}`: signature, window, replay check).
 //! * [`timestamp`]: timestamps as devices send them (RFC 3339 or Unix milliseconds) and
 //!   as the API answers them (RFC 3339).
 
+pub mod commands;
 pub mod events;
 pub mod ingest;
 pub mod persist;
 pub mod registry;
 pub mod retention;
 pub mod rules;
+pub mod shadow;
 pub mod timestamp;
+pub mod webhooks;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use telehub_broker::Broker;
+use telehub_hub::commands::Commands;
 use telehub_hub::events::{Events, HubEvent, Tap};
 use telehub_hub::ingest::{self, Ingest};
 use telehub_hub::registry::{Registry, RegistryError, Revoked};
@@ -66,6 +67,10 @@ pub struct App {
     config: Config,
     /// The rules service and its feed of accepted messages.
     rules: (telehub_hub::rules::Rules<Store>, tokio::sync::mpsc::Receiver<Arc<telehub_core::Message>>),
+    /// Webhooks and live streams, to start with the rest.
+    webhooks: crate::webhooks::Parts,
+    /// Commands to devices, and its feed of device messages (acks, state reports).
+    commands: (Commands<Store>, tokio::sync::mpsc::Receiver<Arc<telehub_core::Message>>),
 }
 
 impl App {
@@ -98,6 +103,11 @@ impl App {
         });
         // every accepted message: telemetry ingest, then the hub's feeds
         let mut tap = Tap::new(ingest.clone());
+        // webhooks (a bounded feed) and live streams (a broadcast) see every message too
+        let webhooks =
+            crate::webhooks::Parts::bind(&mut tap, store.clone(), &config.webhooks, events.clone()).await?;
+        // commands: device acks, MQTT 5 responses and state reports
+        let command_feed = tap.feed("commands", config.commands.feed_capacity);
         // rules: the config file's and the stored ones, evaluated on a bounded feed
         let rules_feed = tap.feed("rules", telehub_hub::rules::service::FEED_CAPACITY);
         let rules = telehub_hub::rules::Rules::open(
@@ -139,6 +149,14 @@ impl App {
         http.broker_stats(broker.stats());
         http.rules(rules.clone());
         let rules = (rules, rules_feed);
+        let commands = Commands::new(
+            config.commands.clone(),
+            store.clone(),
+            registry.clone(),
+            broker.control(),
+            events.clone(),
+        );
+        http.commands(commands.clone());
         Ok(Self {
             broker,
             events,
@@ -150,6 +168,8 @@ impl App {
             persist_writer,
             data_dir,
             config,
+            webhooks,
+            commands: (commands, command_feed),
             rules,
         })
     }
@@ -238,13 +258,26 @@ impl App {
         let producers = TaskTracker::new();
         let rules_wiring = telehub_hub::rules::Wiring {
             control: self.broker.control(),
-            sink: Arc::new(telehub_hub::rules::ControlSink::new(self.broker.control())),
+            sink: Arc::new(telehub_hub::rules::ServiceSink::new(
+                self.commands.0.clone(),
+                self.webhooks.service(),
+                telehub_hub::rules::ControlSink::new(self.broker.control()),
+            )),
             mappings: self.config.ingest.mappings.clone(),
             tags: {
                 let registry = self.registry.clone();
                 Arc::new(move |device| registry.device(device).map(|d| d.device.tags).unwrap_or_default())
             },
         };
+        let dispatcher = self.webhooks.start(&self.http, self.broker.control(), &shutdown, &producers);
+        producers.spawn({
+            // HTTP long-polls for commands end with the HTTP server
+            let (commands, shutdown) = (self.commands.0.clone(), shutdown.clone());
+            async move {
+                shutdown.cancelled().await;
+                commands.release_polls();
+            }
+        });
         producers.spawn(self.broker.run(shutdown.clone()));
         producers.spawn({
             let shutdown = shutdown.clone();
@@ -272,6 +305,11 @@ impl App {
         // the rules after the broker: they evaluate what the feed still holds, then stop
         let (rules, rules_feed) = self.rules;
         writer.spawn(rules.run(rules_feed, rules_wiring, stop_ingest.clone()));
+        // the webhook dispatcher too: it commits the deliveries of the last messages
+        writer.spawn(dispatcher.run(stop_ingest.clone()));
+        // the command service too: acks and state reports of the last messages
+        let (commands, command_feed) = self.commands;
+        writer.spawn(commands.run(command_feed, stop_ingest.clone()));
         writer.close();
         signal.await;
         info!("shutting down");

@@ -92,6 +92,7 @@ mod engine;
 mod expr;
 mod index;
 pub mod service;
+mod sink;
 mod spec;
 mod template;
 
@@ -99,6 +100,7 @@ pub use compile::{CompiledRule, RenderedAction, RuleError};
 pub use context::{MessageContext, VARIABLES};
 pub use engine::{Cause, Engine, EngineConfig, Firing, RECENT_FIRINGS, RuleStats};
 pub use service::{ActionSink, ControlSink, Rules, RulesError, Wiring};
+pub use sink::{RULE_WEBHOOK_EVENT, ServiceSink};
 pub use spec::{ActionSpec, CommandMode, RuleSpec, Severity};
 
 #[cfg(test)]

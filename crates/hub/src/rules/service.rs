@@ -11,9 +11,11 @@
 //! every matching rule, and carries out the firings in order:
 //!
 //! * `publish`: through the broker ([`Control::publish`]), as the hub;
-//! * `command` and `webhook`: through an [`ActionSink`] (the command service and the
-//!   webhook outbox, as the app wires them; [`ControlSink`] publishes commands straight
-//!   to the device's command topic and counts webhooks as not wired);
+//! * `command` and `webhook`: through an [`ActionSink`]: the app wires
+//!   [`ServiceSink`](super::ServiceSink) (the command service, with the action's mode,
+//!   key and ttl, and the webhook outbox); [`ControlSink`], without those services,
+//!   publishes commands straight to the device's command topic and counts webhooks as
+//!   not wired;
 //! * `alert` and `clear_alert`: the alert list ([`Rules::alerts`], `GET /api/v1/alerts`)
 //!   and the hub events `alert_raised` / `alert_cleared`.
 //!
@@ -22,9 +24,10 @@
 //! # Loop guard
 //!
 //! Every message a rule publishes (a `publish` action, and a `command` sent by
-//! [`ControlSink`]) carries the MQTT 5 user property `telehub-rule` = the rule's name.
-//! Such messages are not evaluated by any rule: rules do not chain, so no set of rules can
-//! feed itself. Subscribers (and MQTT 5 devices) see the property.
+//! [`ControlSink`]) carries the MQTT 5 user property `telehub-rule` = the rule's name;
+//! every command the command service publishes carries `command-id`. Messages with either
+//! are not evaluated by any rule: rules do not chain, so no set of rules can feed itself.
+//! Subscribers (and MQTT 5 devices) see the properties.
 //!
 //! # Alerts
 //!
@@ -63,6 +66,7 @@ use super::{
     CommandMode, CompiledRule, Engine, EngineConfig, Firing, MessageContext, RenderedAction, RuleError,
     RuleSpec, RuleStats, Severity,
 };
+use crate::commands::wire::COMMAND_ID_PROPERTY;
 use crate::events::{Events, HubEvent};
 use crate::ingest::mapping::{self, DeviceSource, Mapping};
 use crate::timestamp::{now, to_rfc3339};
@@ -585,7 +589,12 @@ impl<S: RegistryStore> Rules<S> {
     /// Evaluates one message and carries out its firings.
     pub async fn on_message(&self, message: &Message, wiring: &Wiring) {
         let counters = &self.inner.counters;
-        if message.properties.user_properties.iter().any(|(k, _)| &**k == RULE_PROPERTY) {
+        if message
+            .properties
+            .user_properties
+            .iter()
+            .any(|(k, _)| &**k == RULE_PROPERTY || &**k == COMMAND_ID_PROPERTY)
+        {
             counters.own_messages.fetch_add(1, Ordering::Relaxed);
             return;
         }

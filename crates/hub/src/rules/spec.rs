@@ -94,7 +94,8 @@ pub enum ActionSpec {
     Webhook {
         /// The webhook's id.
         webhook: String,
-        /// Body (JSON template); default: the webhook's own message envelope.
+        /// The delivery's `data` (JSON template); default: `{rule, device, fired_at}`.
+        /// Sent with event type `rule.fired`, whatever the webhook's filters.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         payload: Option<serde_json::Value>,
     },

@@ -14,7 +14,7 @@ pub const DEFAULT_TOML: &str = include_str!("../telehub.toml");
 
 /// Top-level sections; `TELEHUB_*` variables outside them are not config
 /// (e.g. test settings) and are ignored.
-const SECTIONS: &[&str] = &["data_dir", "mqtt", "http", "ingest", "store", "auth"];
+const SECTIONS: &[&str] = &["data_dir", "mqtt", "http", "ingest", "store", "auth", "webhooks", "commands"];
 
 /// Everything telehub is configured with.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -36,6 +36,10 @@ pub struct Config {
     /// `TELEHUB_*` variables (a list of tables).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<telehub_hub::rules::RuleSpec>,
+    /// Webhooks out (delivery settings) and in (`[[webhooks.inbound]]`), live streams.
+    pub webhooks: telehub_hub::webhooks::Config,
+    /// Commands to devices: queue limit, time to live, expiry and retries.
+    pub commands: telehub_hub::commands::Config,
 }
 
 impl Default for Config {
@@ -48,6 +52,8 @@ impl Default for Config {
             store: telehub_store::Config::default(),
             auth: telehub_hub::registry::AuthConfig::default(),
             rules: Vec::new(),
+            webhooks: telehub_hub::webhooks::Config::default(),
+            commands: telehub_hub::commands::Config::default(),
         }
     }
 }
