@@ -77,6 +77,11 @@ pub struct Config {
     /// Longest `wait` of `GET …/commands/next`.
     #[serde(with = "telehub_core::duration")]
     pub max_wait: Duration,
+    /// A command handed to an HTTP long-poll and not acknowledged this long after is
+    /// handed out again by the next poll (the answer may have been lost on the way: at
+    /// least once, the device tells repeats apart by the command id).
+    #[serde(with = "telehub_core::duration")]
+    pub poll_resend_after: Duration,
     /// Device messages (acks, responses, state reports) waiting for the service; beyond
     /// it the broker's feed drops them and counts the drops.
     pub feed_capacity: usize,
@@ -91,6 +96,7 @@ impl Default for Config {
             expire_interval: Duration::from_secs(1),
             retry_interval: Duration::from_secs(5),
             max_wait: Duration::from_secs(60),
+            poll_resend_after: Duration::from_secs(60),
             feed_capacity: 4096,
         }
     }
@@ -635,26 +641,37 @@ impl<S: CommandBackend> Commands<S> {
         result
     }
 
+    /// The oldest command to hand to a long-poll: a `queued` one (now `sent`), or a
+    /// `sent` one whose last hand-out is `poll_resend_after` old (stamped again).
     async fn take_next(&self, device: &DeviceId) -> Result<Option<Command>, CommandError> {
         let store = &self.inner.store;
+        let resend = i64::try_from(self.inner.config.poll_resend_after.as_millis()).unwrap_or(i64::MAX);
         loop {
             let at = now();
             let pending =
                 store.command_pending(device, self.inner.config.max_queued_per_device.max(1)).await?;
-            let Some(cmd) = pending
-                .into_iter()
-                .find(|c| c.state == CommandState::Queued && c.expires_at.is_none_or(|e| e > at))
-            else {
+            let Some(cmd) = pending.into_iter().find(|c| {
+                let due = match c.state {
+                    CommandState::Queued => true,
+                    CommandState::Sent => c
+                        .timestamps
+                        .get(&CommandState::Sent)
+                        .is_some_and(|t| t.0.saturating_add(resend) <= at.0),
+                    _ => false,
+                };
+                due && c.expires_at.is_none_or(|e| e > at)
+            }) else {
                 return Ok(None);
             };
-            let sent = store
-                .command_transition(&cmd.id, &[CommandState::Queued], CommandState::Sent, None, None, at)
-                .await?;
+            let was = cmd.state;
+            let sent = store.command_transition(&cmd.id, &[was], CommandState::Sent, None, None, at).await?;
             if let Some(sent) = sent {
-                self.emit(&sent);
+                if was == CommandState::Queued {
+                    self.emit(&sent);
+                }
                 return Ok(Some(sent));
             }
-            // taken meanwhile (MQTT, another poll): look again
+            // taken or answered meanwhile (MQTT, another poll, an ack): look again
         }
     }
 

@@ -316,6 +316,28 @@ async fn refusals_queue_limit_expiry_and_cancel() {
 }
 
 #[tokio::test]
+async fn a_long_polled_command_not_acknowledged_is_handed_out_again_after_poll_resend_after() {
+    let f = fixture_with(Config { poll_resend_after: Duration::from_millis(300), ..Config::default() }).await;
+    f.device("h2").await;
+    let h2 = id("h2");
+    let a = f.create("h2", json!("a"), CommandMode::Queued, None).await;
+    let first = f.commands.next(&h2, Duration::ZERO).await.unwrap().unwrap();
+    assert_eq!((first.id.as_str(), first.state), (a.id.as_str(), CommandState::Sent));
+    // the answer was lost: right away nothing more is due, the command stays sent
+    assert_eq!(f.commands.next(&h2, Duration::ZERO).await.unwrap(), None);
+    // a poll after poll_resend_after gets the same command (same id) again, stamped anew
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let again = f.commands.next(&h2, Duration::ZERO).await.unwrap().expect("handed out again");
+    assert_eq!((again.id.as_str(), again.state), (a.id.as_str(), CommandState::Sent));
+    assert!(again.timestamps[&CommandState::Sent] > first.timestamps[&CommandState::Sent]);
+    // once acknowledged it is never handed out again
+    f.commands.ack(&h2, &a.id, CommandState::Succeeded, None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(f.commands.next(&h2, Duration::ZERO).await.unwrap(), None);
+    f.stop().await;
+}
+
+#[tokio::test]
 async fn long_poll_hands_out_the_oldest_queued_command_or_nothing() {
     let f = fixture().await;
     f.device("h1").await;
