@@ -10,8 +10,11 @@
 #   SCENARIOS="fan-in-qos0 latency" RUNS=5 DURATION=5s bash bench/run.sh
 #   bash bench/run.sh --table results.txt  # the table again from a kept run
 #
-# Environment: RUNS (3), DURATION (10s), IDLE_CONNECTIONS (10000), PORT (28830),
-# SCENARIOS (all: fan-in-qos0 fan-in-qos1 fan-out latency idle), MOSQUITTO
+# Environment: RUNS (3), DURATION (10s), IDLE_CONNECTIONS (10000), IDLE_SOURCES (1:
+# loopback source addresses for idle; 50 000 connections need 2 or more), PORT (28830),
+# SCENARIOS (default: fan-in-qos0 fan-in-qos1 fan-out latency idle; also
+# fan-in-qos1-durable: the subscriber keeps its session, so telehub writes every message
+# for it to disk before the PUBACK, against Mosquitto with `persistence true`), MOSQUITTO
 # (/usr/sbin/mosquitto), KEEP (set to keep the work directory), TELEHUB_ADMIN_TOKEN (telehub's
 # admin token; a random one by default). telehub runs with --allow-anonymous and without
 # the per-IP connection rate limit (all clients are on 127.0.0.1).
@@ -23,6 +26,7 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
+IDLE_SOURCES=${IDLE_SOURCES:-1}
 PORT=${PORT:-28830}
 SCENARIOS=${SCENARIOS:-fan-in-qos0 fan-in-qos1 fan-out latency idle}
 MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
@@ -85,6 +89,12 @@ table() {
           esac
         done
         ;;
+      fan-in-qos1-durable)
+        m=$(median "$f" "$scenario" mosquitto-durable rate) t=$(median "$f" "$scenario" telehub rate) r=$(ratio "$t" "$m")
+        echo "| fan-in QoS 1 to a persistent session, 8 → 1, 64 B, window 100 | msg/s received (Mosquitto persistence on, limits lifted) | $m | $t | $r | | | $(cpu_cols "$f" "$scenario" mosquitto-durable) |"
+        efficiency "$f" "$scenario" mosquitto-durable msg
+        echo "| | lost = acked − received | $(median "$f" "$scenario" mosquitto-durable lost) | $(median "$f" "$scenario" telehub lost) | | 0 | | | | |"
+        ;;
       idle)
         m=$(median "$f" "$scenario" mosquitto bytes_per_conn) t=$(median "$f" "$scenario" telehub bytes_per_conn) r=$(ratio "$t" "$m")
         echo "| $(median "$f" "$scenario" telehub connections) idle connections | RSS bytes per connection | $m | $t | $r | ≤ 2048 | $(met "$t <= 2048") | | | |"
@@ -119,8 +129,9 @@ fi
 
 command -v "$MOSQUITTO" >/dev/null || { echo "run.sh: $MOSQUITTO not found (apt-get install mosquitto)" >&2; exit 2; }
 
-# idle connections need a descriptor each, in the generator and in the broker
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# idle connections need a descriptor each, in the generator and in the broker (root may
+# raise the hard limit too)
+ulimit -n $((IDLE_CONNECTIONS + 1000)) 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((IDLE_CONNECTIONS + 100)) ]; then
   echo "run.sh: ulimit -n is $(ulimit -n), below IDLE_CONNECTIONS=$IDLE_CONNECTIONS + 100" >&2
   exit 2
@@ -166,7 +177,7 @@ mosquitto_conf() {
   {
     echo "listener $PORT 127.0.0.1"
     echo "allow_anonymous true"
-    echo "persistence false"
+    case " $* " in *" persistence true"*) ;; *) echo "persistence false" ;; esac
     echo "log_dest stderr"
     echo "log_type error"
     echo "log_type warning"
@@ -176,6 +187,11 @@ mosquitto_conf() {
 mosquitto_conf mosquitto
 # "limits lifted": no in-flight or queue limit per client (mosquitto.conf(5))
 mosquitto_conf mosquitto-lifted "max_inflight_messages 0" "max_queued_messages 0"
+# persistence on, as mosquitto.conf(5) ships it otherwise (the database is written at
+# autosave_interval, 30 min, and at exit: not per message)
+mkdir -p "$work/mosquitto-db"
+mosquitto_conf mosquitto-durable "max_inflight_messages 0" "max_queued_messages 0" \
+  "persistence true" "persistence_location $work/mosquitto-db/"
 
 # start_broker KIND: starts telehub, mosquitto or mosquitto-lifted; sets broker_pid
 start_broker() {
@@ -188,6 +204,7 @@ start_broker() {
         >>"$work/telehub.log" 2>&1 &
       ;;
     mosquitto*)
+      rm -f "$work/mosquitto-db/"*
       "$MOSQUITTO" -c "$work/$kind.conf" >>"$work/mosquitto.log" 2>&1 &
       ;;
   esac
@@ -235,6 +252,7 @@ run_one() {
 brokers_of() {
   case $1 in
     fan-in-qos1) echo "mosquitto mosquitto-lifted telehub" ;;
+    fan-in-qos1-durable) echo "mosquitto-durable telehub" ;;
     *) echo "mosquitto telehub" ;;
   esac
 }
@@ -243,9 +261,10 @@ args_of() {
   case $1 in
     fan-in-qos0) echo "fan-in --qos 0 --duration $DURATION" ;;
     fan-in-qos1) echo "fan-in --qos 1 --duration $DURATION" ;;
+    fan-in-qos1-durable) echo "fan-in --qos 1 --persistent-sub --duration $DURATION" ;;
     fan-out) echo "fan-out --duration $DURATION" ;;
     latency) echo "latency --duration $DURATION" ;;
-    idle) echo "idle --connections $IDLE_CONNECTIONS" ;;
+    idle) echo "idle --connections $IDLE_CONNECTIONS --sources $IDLE_SOURCES" ;;
   esac
 }
 

@@ -74,7 +74,33 @@ impl Conn {
         login: &Login,
         capacity: usize,
     ) -> Result<Self> {
-        let stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        Self::connect_from(addr, None, client_id, keep_alive, login, capacity).await
+    }
+
+    /// As [`Conn::connect_with_buffer`] from local address `local` (any port): with
+    /// several loopback source addresses one generator opens more connections than one
+    /// address has ephemeral ports.
+    pub(crate) async fn connect_from(
+        addr: SocketAddr,
+        local: Option<std::net::IpAddr>,
+        client_id: &str,
+        keep_alive: u16,
+        login: &Login,
+        capacity: usize,
+    ) -> Result<Self> {
+        let stream = match local {
+            None => TcpStream::connect(addr).await,
+            Some(ip) => {
+                let socket = if addr.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await
+            }
+        }
+        .with_context(|| format!("connecting to {addr} from {local:?}"))?;
         stream.set_nodelay(true)?;
         let mut conn = Self { stream, rbuf: BytesMut::with_capacity(capacity) };
         let mut out = BytesMut::new();

@@ -50,6 +50,11 @@ pub(crate) struct Args {
     /// The subscriber's password.
     #[arg(long, requires = "sub_username")]
     sub_password: Option<String>,
+    /// The subscriber keeps its session (clean session 0): a broker that persists
+    /// sessions writes every QoS 1 message for it to disk before the PUBACK (telehub),
+    /// or keeps it in its persistence database (Mosquitto with `persistence true`).
+    #[arg(long)]
+    persistent_sub: bool,
     #[command(flatten)]
     run: Run,
 }
@@ -75,6 +80,7 @@ pub(crate) async fn run(target: &Target, args: &Args) -> Result<Report> {
         (Some(u), Some(p)) => Login::new(u.clone(), p.clone()),
         _ => Login::anonymous(),
     };
+    let sub_login = Login { persistent: args.persistent_sub, ..sub_login };
     let mut sub = Conn::connect_as(target.addr, &format!("{tag}-sub"), KEEP_ALIVE, &sub_login).await?;
     sub.subscribe(&filter, args.qos).await?;
     let mut pubs = Vec::with_capacity(args.publishers);

@@ -36,6 +36,11 @@ pub(crate) struct Args {
     /// Keep the connections open this much longer before the liveness check.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     hold: Duration,
+    /// Loopback source addresses to spread the connections over (127.0.0.1,
+    /// 127.0.0.2, …): one address has about 28 000 ephemeral ports, so 50 000
+    /// connections need 2 or more. Needs a loopback broker address.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=250))]
+    sources: u8,
 }
 
 pub(crate) async fn run(target: &Target, args: &Args) -> Result<Report> {
@@ -50,10 +55,14 @@ pub(crate) async fn run(target: &Target, args: &Args) -> Result<Report> {
     for i in 0..args.connections {
         let permit = Arc::clone(&gate).acquire_owned().await?;
         let (addr, id) = (target.addr, format!("{tag}-{i}"));
+        let local = (args.sources > 1).then(|| {
+            let n = u8::try_from(i % usize::from(args.sources)).unwrap_or(0);
+            std::net::IpAddr::from([127, 0, 0, 1 + n])
+        });
         opening.spawn(async move {
             let conn = timeout(
                 Duration::from_secs(30),
-                Conn::connect_with_buffer(addr, &id, KEEP_ALIVE, &Login::anonymous(), 16),
+                Conn::connect_from(addr, local, &id, KEEP_ALIVE, &Login::anonymous(), 16),
             )
             .await;
             drop(permit);

@@ -33,11 +33,14 @@ fn put_str(buf: &mut BytesMut, s: &str) {
 }
 
 /// A CONNECT's user name and password (the password is sent as given: a token, a
-/// password or a JWT).
+/// password or a JWT), and whether the session is kept.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Login {
     pub(crate) username: Option<String>,
     pub(crate) password: Option<Vec<u8>>,
+    /// Clean session 0: the broker keeps the session, its subscriptions and its QoS 1
+    /// messages (on disk, where the broker persists sessions).
+    pub(crate) persistent: bool,
 }
 
 impl Login {
@@ -47,17 +50,17 @@ impl Login {
     }
 
     pub(crate) fn new(username: impl Into<String>, password: impl Into<Vec<u8>>) -> Self {
-        Self { username: Some(username.into()), password: Some(password.into()) }
+        Self { username: Some(username.into()), password: Some(password.into()), persistent: false }
     }
 }
 
-/// CONNECT, MQTT 3.1.1, clean session, no will, with `login`'s user name and password
+/// CONNECT, MQTT 3.1.1, clean session unless `login.persistent`, no will, with `login`'s user name and password
 /// if any. MQTT 3.1.1 allows a password only after a user name: a password without one
 /// is sent with an empty user name.
 pub(crate) fn connect(buf: &mut BytesMut, client_id: &str, keep_alive: u16, login: &Login) {
     let password = login.password.as_deref();
     let username = login.username.as_deref().or(password.map(|_| ""));
-    let mut flags = 0x02; // clean session
+    let mut flags = if login.persistent { 0x00 } else { 0x02 }; // clean session
     let mut len = 10 + 2 + client_id.len();
     if let Some(u) = username {
         flags |= 0x80;
@@ -409,6 +412,10 @@ mod tests {
         let mut buf = BytesMut::new();
         connect(&mut buf, "c1", 60, &Login::anonymous());
         assert_eq!(&buf[..], b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02c1");
+        // a persistent session: clean session 0
+        let mut buf = BytesMut::new();
+        connect(&mut buf, "c1", 60, &Login { persistent: true, ..Login::anonymous() });
+        assert_eq!(&buf[..], b"\x10\x0e\x00\x04MQTT\x04\x00\x00\x3c\x00\x02c1");
     }
 
     #[test]
@@ -420,7 +427,12 @@ mod tests {
         assert_eq!((frame.header, used), (0x10, buf.len()));
         // a password alone goes with an empty user name, as MQTT 3.1.1 wants
         let mut buf = BytesMut::new();
-        connect(&mut buf, "c1", 60, &Login { username: None, password: Some(b"eyJ".to_vec()) });
+        connect(
+            &mut buf,
+            "c1",
+            60,
+            &Login { username: None, password: Some(b"eyJ".to_vec()), persistent: false },
+        );
         assert_eq!(&buf[..], b"\x10\x15\x00\x04MQTT\x04\xc2\x00\x3c\x00\x02c1\x00\x00\x00\x03eyJ");
     }
 }
