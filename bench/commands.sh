@@ -11,23 +11,15 @@
 #   TELEHUB_BIN=target/release/telehub COUNT=1000 bash bench/commands.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${TELEHUB_BIN:-target/release/telehub}
+. bench/lib.sh
 MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
 COUNT=${COUNT:-1000}
 PY=${PYTHON:-/usr/bin/python3}
-TOKEN=bench-admin-token-0123456789abcdef
 work=$(mktemp -d)
 cleanup() { kill "${hub:-}" "${mosq:-}" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-printf '[auth.rate]\nconnections_per_ip = 0\nmessages_per_device = 0\nhttp_requests = 0\n' > "$work/telehub.toml"
-TELEHUB_ADMIN_TOKEN=$TOKEN RUST_LOG=warn,telehub=info "$BIN" serve --config "$work/telehub.toml" \
-  --data-dir "$work/data" --allow-anonymous --mqtt-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
-  --log-format json 2> "$work/hub.err" &
-hub=$!
-until grep -q "telehub started" "$work/hub.err" 2>/dev/null; do kill -0 "$hub" 2>/dev/null || { cat "$work/hub.err"; exit 1; }; sleep 0.05; done
-mqtt_port=$(grep -o '"mqtt":"127.0.0.1:[0-9]*"' "$work/hub.err" | head -1 | grep -o '[0-9]*"$' | tr -d '"')
-http_port=$(grep -o '"http":"127.0.0.1:[0-9]*"' "$work/hub.err" | head -1 | grep -o '[0-9]*"$' | tr -d '"')
+start_telehub "$work"
 
 mosq_port=${MOSQUITTO_PORT:-28870}
 printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n' "$mosq_port" > "$work/mosquitto.conf"
