@@ -115,6 +115,18 @@ pub(crate) async fn metrics<S: TelemetryStore + RegistryStore>(
             b.messages_dropped,
         );
         metric(
+            "telehub_mqtt_messages_quota_exceeded_total",
+            "counter",
+            "PUBLISH packets not routed: a queue limit was reached (0x97 Quota exceeded).",
+            b.messages_quota_exceeded,
+        );
+        metric(
+            "telehub_mqtt_queued_bytes",
+            "gauge",
+            "Payload bytes queued in every MQTT session together.",
+            b.queued_bytes,
+        );
+        metric(
             "telehub_mqtt_messages_expired_total",
             "counter",
             "Queued deliveries expired.",

@@ -7,16 +7,25 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use telehub_mqtt::OverflowPolicy;
 
-/// What the broker does when a session's queue is full (see `telehub.toml`).
+/// What the broker does when a session's queue is full, in deliveries
+/// (`max_queued_messages`) or bytes (`max_queued_bytes`), and when every queue together
+/// holds `max_queued_bytes_total` (see `telehub.toml`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QueueFull {
     /// Keep the queue, drop the new delivery (after waiting up to
-    /// `publish_backpressure` for an online subscriber).
+    /// `publish_backpressure` for an online subscriber). At the global cap the PUBLISH
+    /// is refused, as with [`QueueFull::Refuse`].
     #[default]
     DropNew,
-    /// Drop the oldest queued delivery.
+    /// Drop the oldest queued deliveries of the session, also to stay under the global
+    /// cap.
     DropOldest,
+    /// Refuse the PUBLISH, before it is routed to anyone, when a matching session's
+    /// queue is full or the global cap is reached: MQTT 5 QoS 1/2 publishers get reason
+    /// 0x97 (Quota exceeded); MQTT 3.x publishers are acknowledged and the message is
+    /// dropped (3.x has no negative acknowledgement); QoS 0 messages are dropped.
+    Refuse,
 }
 
 impl From<QueueFull> for OverflowPolicy {
@@ -24,6 +33,7 @@ impl From<QueueFull> for OverflowPolicy {
         match q {
             QueueFull::DropNew => OverflowPolicy::DropNew,
             QueueFull::DropOldest => OverflowPolicy::DropOldest,
+            QueueFull::Refuse => OverflowPolicy::Refuse,
         }
     }
 }
@@ -53,7 +63,14 @@ pub struct Config {
     pub max_inflight: u16,
     /// Deliveries queued per session beyond the in-flight window, online or offline.
     pub max_queued_messages: usize,
-    /// Policy when a session queue is full.
+    /// Payload bytes queued per session beyond the in-flight window, online or offline.
+    pub max_queued_bytes: usize,
+    /// Payload bytes queued in every session together (a payload queued for several
+    /// sessions counts in each; deliveries in flight are bounded by `max_inflight`
+    /// instead). At this cap `drop_new` and `refuse` refuse a PUBLISH before routing
+    /// it; `drop_oldest` drops the oldest of each session it goes to.
+    pub max_queued_bytes_total: usize,
+    /// Policy when a session queue is full or the global cap is reached.
     pub queue_full: QueueFull,
     /// With `drop_new`: how long a publisher waits for room in an online subscriber's
     /// queue before the QoS 1/2 delivery is dropped (and counted). This is the
@@ -145,6 +162,8 @@ impl Default for Config {
             topic_alias_maximum: 64,
             max_inflight: 1024,
             max_queued_messages: 10_000,
+            max_queued_bytes: 16 * 1024 * 1024,
+            max_queued_bytes_total: 256 * 1024 * 1024,
             queue_full: QueueFull::DropNew,
             publish_backpressure: Duration::from_secs(5),
             max_session_expiry: Duration::from_secs(7 * 86_400),

@@ -34,7 +34,7 @@ use crate::auth::{ConnectInfo, Principal, PublishRefusal, Refusal, TransportKind
 use crate::hook::IngestAck;
 use crate::persist::Op;
 use crate::router::Subscriber;
-use crate::sessions::{self, AttachRequest, SessionEntry, Sessions};
+use crate::sessions::{self, AttachRequest, QuotaExceeded, SessionEntry, Sessions};
 use crate::stats::Stats;
 
 /// Control packets (acks, SUBACK, PINGRESP) waiting for the writer. When full the
@@ -739,7 +739,8 @@ impl Connection<'_> {
         let v5 = self.version.is_v5();
         match (p.qos, p.packet_id) {
             (QoS::AtMostOnce, _) => {
-                // refused: dropped (there is nothing to answer), whatever the version
+                // refused (by the authenticator or a queue limit): dropped (there is
+                // nothing to answer), whatever the version
                 if self.authorize(&message).is_ok() {
                     let _ =
                         sessions::publish(self.shared, Some(self.client_id), Arc::new(message), false).await;
@@ -749,7 +750,19 @@ impl Connection<'_> {
             (QoS::AtLeastOnce, Some(id)) => {
                 let ack = match self.authorize(&message) {
                     Ok(()) => {
-                        sessions::publish(self.shared, Some(self.client_id), Arc::new(message), false).await
+                        match sessions::publish(self.shared, Some(self.client_id), Arc::new(message), false)
+                            .await
+                        {
+                            Ok(ack) => ack,
+                            // MQTT 5 §3.4.2.1: 0x97 Quota exceeded; nothing was routed
+                            Err(QuotaExceeded) if v5 => {
+                                let refused = Outbound::PubAck(id, QuotaExceeded::REASON_CODE);
+                                return self.ack_after(None, refused).await;
+                            }
+                            // 3.x has no negative PUBACK: acknowledged, dropped (counted),
+                            // as a 3.x publish the authenticator refuses
+                            Err(QuotaExceeded) => None,
+                        }
                     }
                     Err(refusal) if v5 => {
                         return self.ack_after(None, Outbound::PubAck(id, refusal.reason_code())).await;
@@ -785,15 +798,28 @@ impl Connection<'_> {
                     Stats::add(&self.shared.stats.messages_received, 1);
                     return self.ack_after(None, Outbound::PubRec(id, 0)).await;
                 }
-                let ack = match self.authorize(&message) {
+                // Err(None): acknowledged and dropped; Err(Some(reason)): the flow ends
+                let routed = match self.authorize(&message) {
                     Ok(()) => {
-                        sessions::publish(self.shared, Some(self.client_id), Arc::new(message), durable).await
+                        match sessions::publish(self.shared, Some(self.client_id), Arc::new(message), durable)
+                            .await
+                        {
+                            Ok(ack) => Ok(ack),
+                            // MQTT 5 §3.5.2.1: 0x97 Quota exceeded; nothing was routed
+                            Err(QuotaExceeded) if v5 => Err(Some(QuotaExceeded::REASON_CODE)),
+                            // 3.x: as NotAuthorized below
+                            Err(QuotaExceeded) => Err(None),
+                        }
                     }
-                    // 3.x NotAuthorized: PUBREC, then PUBCOMP on PUBREL, as usual; dropped
-                    Err(PublishRefusal::NotAuthorized) if !v5 => {
-                        self.shared.persist.as_deref().filter(|_| durable).map(|p| p.flush())
-                    }
-                    Err(refusal) => {
+                    Err(PublishRefusal::NotAuthorized) if !v5 => Err(None),
+                    Err(refusal) => Err(Some(refusal.reason_code())),
+                };
+                let ack = match routed {
+                    Ok(ack) => ack,
+                    // 3.x NotAuthorized or over a queue limit: PUBREC, then PUBCOMP on
+                    // PUBREL, as usual; dropped
+                    Err(None) => self.shared.persist.as_deref().filter(|_| durable).map(|p| p.flush()),
+                    Err(Some(reason)) => {
                         // the flow ends here (5.0: PUBREC >= 0x80, a later PUBREL gets
                         // PUBCOMP 0x92; 3.x: closed, and a resend must be asked about anew)
                         if let Ok(mut st) = self.entry.lock_owned(self.conn)
@@ -804,7 +830,7 @@ impl Connection<'_> {
                         if !v5 {
                             return Ok(Some(Exit::RateTooHigh));
                         }
-                        return self.ack_after(None, Outbound::PubRec(id, refusal.reason_code())).await;
+                        return self.ack_after(None, Outbound::PubRec(id, reason)).await;
                     }
                 };
                 drop(hold);

@@ -113,6 +113,8 @@ pub(crate) struct Shared {
     /// Cancelled when the broker stops: ends tasks that outlive connections
     /// (delayed wills, the session reaper).
     pub(crate) stopping: CancellationToken,
+    /// In a burst of PUBLISHes refused for a queue limit (logged once per burst).
+    pub(crate) over_quota: std::sync::atomic::AtomicBool,
     /// Start of the broker's clock ([`BrokerTime`]).
     pub(crate) started: tokio::time::Instant,
 }
@@ -178,10 +180,11 @@ impl Broker {
             persist_seq: std::sync::atomic::AtomicU64::new(1),
             auth: Arc::new(AllowAll),
             live: Arc::new(control::Live::default()),
-            stats: Arc::new(Stats::default()),
+            stats: Arc::new(Stats::with_queue_cap(config.max_queued_bytes_total)),
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
             started: tokio::time::Instant::now(),
+            over_quota: std::sync::atomic::AtomicBool::new(false),
             config,
         });
         Ok(Self { shared, listeners, addrs, tls })

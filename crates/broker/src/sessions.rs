@@ -1,6 +1,6 @@
 //! Sessions by client id: attach on CONNECT (with takeover and clean start), detach on
 //! disconnect, expiry of persistent sessions, delivery into a session's bounded queue
-//! with backpressure, and wills.
+//! with backpressure, the queue limits' refusal of a PUBLISH, and wills.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use bytes::BytesMut;
 use telehub_core::{ClientId, Message, QoS, TopicFilter};
 use telehub_mqtt::{
-    BrokerTime, Delivery, Encoder, EnqueueError, InflightStage, Outbound, PersistChange, Session,
-    SessionLimits, SubOptions,
+    BrokerTime, Delivery, Encoder, EnqueueError, InflightStage, Outbound, PersistChange, QueueBudget,
+    Session, SessionLimits, SubOptions,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -19,8 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::Shared;
+use crate::config::QueueFull;
 use crate::hook::IngestAck;
 use crate::persist::{MessageRecord, Op, SessionRecord, Snapshot, SubscriptionRecord};
+use crate::router::Target;
 use crate::stats::Stats;
 
 /// Mutable state of one session; guarded by [`SessionEntry::state`]. Never held across
@@ -121,11 +123,11 @@ pub(crate) struct SessionEntry {
 pub(crate) struct NotOwner;
 
 impl SessionEntry {
-    fn new(client_id: ClientId, limits: SessionLimits) -> Self {
+    fn new(client_id: ClientId, limits: SessionLimits, budget: QueueBudget) -> Self {
         Self {
             client_id,
             state: Mutex::new(SessionState {
-                session: Session::new(limits),
+                session: Session::with_budget(limits, budget),
                 owner: None,
                 kick: None,
                 waker: None,
@@ -143,7 +145,7 @@ impl SessionEntry {
 
     #[cfg(test)]
     pub(crate) fn new_for_test(client_id: ClientId, limits: SessionLimits) -> Self {
-        Self::new(client_id, limits)
+        Self::new(client_id, limits, QueueBudget::unlimited())
     }
 
     fn lock(&self) -> MutexGuard<'_, SessionState> {
@@ -169,9 +171,16 @@ impl SessionEntry {
         }
     }
 
-    /// Queues `delivery`. When the queue is full and the subscriber is online, a QoS 1/2
-    /// delivery waits up to `publish_backpressure` for room (once per burst); otherwise
-    /// it is dropped, counted, and the burst logged once.
+    /// True when a delivery of `size` bytes fits this session's queue now.
+    fn has_room_for(&self, size: usize) -> bool {
+        let st = self.lock();
+        st.removed || st.session.has_room_for(size)
+    }
+
+    /// Queues `delivery`. When the queue is full and the subscriber is online, with
+    /// `drop_new` a delivery waits up to `publish_backpressure` for room (once per
+    /// burst); otherwise, and at the global cap, it is dropped, counted, and the burst
+    /// logged once.
     ///
     /// A QoS 1/2 delivery to a session kept on disk is recorded before it is queued;
     /// returns true when it was.
@@ -194,10 +203,11 @@ impl SessionEntry {
                     return persisted;
                 }
                 let dropped_before = st.session.dropped();
+                let size = delivery.size();
                 let durable = st.persistent
                     && delivery.qos != QoS::AtMostOnce
-                    && (st.session.has_room()
-                        || shared.config.queue_full == crate::config::QueueFull::DropOldest);
+                    && ((st.session.has_room_for(size) && shared.stats.queue_budget.has_room_for(size))
+                        || shared.config.queue_full == QueueFull::DropOldest);
                 if durable {
                     let seq = match delivery.persist_id {
                         Some(seq) => seq,
@@ -222,15 +232,24 @@ impl SessionEntry {
                         let now = Instant::now();
                         let deadline = *deadline.get_or_insert(now + shared.config.publish_backpressure);
                         // QoS 0 waits too: reading publishers faster than the subscriber
-                        // drains only burns CPU on messages that would be dropped
-                        let may_wait = st.owner.is_some() && !st.dropping && now < deadline;
+                        // drains only burns CPU on messages that would be dropped.
+                        // `refuse` does not wait: the PUBLISH was checked before routing,
+                        // so this is a race with another publisher
+                        let may_wait = shared.config.queue_full == QueueFull::DropNew
+                            && st.owner.is_some()
+                            && !st.dropping
+                            && now < deadline;
                         if may_wait {
                             Outcome::Wait(back, st.waker.clone())
                         } else {
-                            st.session.count_drop();
-                            Self::record_drop(&mut st, &self.client_id, &shared.stats, 1);
+                            self.drop_refused(&mut st, shared, durable.then_some(&back));
                             return persisted;
                         }
+                    }
+                    Err(EnqueueError::OverBudget(back)) => {
+                        // the global cap: no wait, the room is not this subscriber's to make
+                        self.drop_refused(&mut st, shared, durable.then_some(&back));
+                        return persisted;
                     }
                 }
             };
@@ -260,6 +279,16 @@ impl SessionEntry {
         }
     }
 
+    /// Drops a delivery the session refused, counted; `recorded` when it was already
+    /// recorded for the disk (a race at the global cap), which is undone.
+    fn drop_refused(&self, st: &mut SessionState, shared: &Shared, recorded: Option<&Delivery>) {
+        if let Some(seq) = recorded.and_then(|d| d.persist_id) {
+            st.record(shared, || Op::DeleteMessage(self.client_id.clone(), seq));
+        }
+        st.session.count_drop();
+        Self::record_drop(st, &self.client_id, &shared.stats, 1);
+    }
+
     fn record_drop(st: &mut SessionState, client_id: &ClientId, stats: &Stats, n: u64) {
         Stats::add(&stats.messages_dropped, n);
         if !st.dropping {
@@ -267,6 +296,8 @@ impl SessionEntry {
             warn!(
                 client_id = %client_id,
                 queued = st.session.queued(),
+                queued_bytes = st.session.queued_bytes(),
+                queued_bytes_total = stats.queue_budget.used(),
                 online = st.owner.is_some(),
                 "session queue full: dropping deliveries until it drains"
             );
@@ -370,6 +401,7 @@ impl Sessions {
     /// ([MQTT-3.1.2-5]).
     pub(crate) fn attach(&self, shared: &Shared, req: AttachRequest) -> Attached {
         let limits = limits(shared);
+        let budget = &shared.stats.queue_budget;
         let mut ended = None;
         let (entry, session_present, resend, durable) = {
             let mut map = self.map();
@@ -391,14 +423,14 @@ impl Sessions {
                         kick.cancel();
                     }
                     drop(old_st);
-                    let new = Arc::new(SessionEntry::new(req.client_id.clone(), limits));
+                    let new = Arc::new(SessionEntry::new(req.client_id.clone(), limits, budget.clone()));
                     map.insert(req.client_id.clone(), Arc::clone(&new));
                     ended = Some(old);
                     (new, false)
                 }
                 Some(old) => (old, true),
                 None => {
-                    let new = Arc::new(SessionEntry::new(req.client_id.clone(), limits));
+                    let new = Arc::new(SessionEntry::new(req.client_id.clone(), limits, budget.clone()));
                     map.insert(req.client_id.clone(), Arc::clone(&new));
                     (new, false)
                 }
@@ -518,18 +550,33 @@ pub(crate) async fn reap_expired(shared: Arc<Shared>, shutdown: CancellationToke
     }
 }
 
+/// A PUBLISH refused because a queue limit was reached ([`check_quota`]): not retained,
+/// not offered to the ingest hook, routed to no one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QuotaExceeded;
+
+impl QuotaExceeded {
+    /// The MQTT 5 PUBACK / PUBREC reason code: 0x97 Quota exceeded (3.4.2.1, 3.5.2.1).
+    pub(crate) const REASON_CODE: u8 = 0x97;
+}
+
 /// Routes one accepted message: retained store, ingest hook, then every matching
 /// session's queue. Returns the hook's acknowledgement future, if it wants one awaited.
 ///
 /// With persistence, the acknowledgement also waits until what the message changed on
 /// disk (retained copy, deliveries to durable sessions) is committed, and until
 /// everything recorded before when `durable` (the QoS 2 packet id of the PUBLISH).
+///
+/// # Errors
+///
+/// [`QuotaExceeded`] when a queue limit refuses the message ([`check_quota`]); it was
+/// counted and nothing else was done with it.
 pub(crate) async fn publish(
     shared: &Shared,
     from: Option<&ClientId>,
     message: Arc<Message>,
     durable: bool,
-) -> Option<IngestAck> {
+) -> Result<Option<IngestAck>, QuotaExceeded> {
     let persist = shared.persist.as_deref().filter(|_| message.qos != QoS::AtMostOnce || message.retain);
     if let Some(p) = persist.filter(|_| !durable) {
         // the journal of uncommitted ops is bounded: publishers wait for the writer
@@ -538,20 +585,78 @@ pub(crate) async fn publish(
             p.room().await;
         }
     }
+    let targets = targets(shared, from, &message);
+    check_quota(shared, from, &message, &targets)?;
     let ack = shared.hook.as_ref().and_then(|hook| hook.offer(from, &message));
-    let (_, persisted) = route(shared, from, &message).await;
+    let (_, persisted) = route(shared, &message, targets).await;
     let stored = match persist {
         Some(p) if persisted || durable => Some(p.flush()),
         _ => None,
     };
-    match (ack, stored) {
+    Ok(match (ack, stored) {
         (ack, None) => ack,
         (None, Some(stored)) => Some(stored),
         (Some(ack), Some(stored)) => Some(Box::pin(async move {
             let (a, b) = tokio::join!(ack, stored);
             a.and(b)
         })),
+    })
+}
+
+/// Refuses a message that a queue limit would keep from some matching session, before
+/// it goes anywhere: at the global cap (`max_queued_bytes_total`) with `drop_new` and
+/// `refuse`, and with `refuse` also when a matching session's queue is full. With
+/// `drop_oldest` nothing is refused: each session makes room by dropping its oldest.
+/// Refusals are counted, and logged once per burst (a burst ends with the first message
+/// let through).
+///
+/// The checks are a snapshot: a queue that fills between them and the enqueue drops its
+/// delivery (counted in `messages_dropped`), and the global cap is never exceeded.
+fn check_quota(
+    shared: &Shared,
+    from: Option<&ClientId>,
+    message: &Message,
+    targets: &[Target],
+) -> Result<(), QuotaExceeded> {
+    let budget = &shared.stats.queue_budget;
+    let size = message.payload.len();
+    let refused = !targets.is_empty()
+        && match shared.config.queue_full {
+            QueueFull::DropOldest => false,
+            QueueFull::DropNew => !budget.has_room_for(size.saturating_mul(targets.len())),
+            // a lock per matching session: only with `refuse`
+            QueueFull::Refuse => {
+                !budget.has_room_for(size.saturating_mul(targets.len()))
+                    || targets.iter().any(|t| !t.entry.has_room_for(size))
+            }
+        };
+    if !refused {
+        if shared.over_quota.load(Ordering::Relaxed) {
+            shared.over_quota.store(false, Ordering::Relaxed);
+        }
+        return Ok(());
     }
+    Stats::add(&shared.stats.messages_quota_exceeded, 1);
+    if !shared.over_quota.swap(true, Ordering::Relaxed) {
+        warn!(
+            publisher = ?from.map(ClientId::as_str),
+            topic = %message.topic,
+            queued_bytes_total = budget.used(),
+            max_queued_bytes_total = budget.cap(),
+            "queue limit reached: refusing messages (0x97 Quota exceeded) until the queues drain"
+        );
+    }
+    Err(QuotaExceeded)
+}
+
+/// Every session `message` goes to: the router's targets, less the publisher's own
+/// subscriptions with No Local ([MQTT-3.8.3-3]).
+fn targets(shared: &Shared, from: Option<&ClientId>, message: &Message) -> Vec<Target> {
+    let mut targets = shared.router.targets(&message.topic);
+    if let Some(from) = from {
+        targets.retain(|t| !(t.no_local && from == &t.entry.client_id));
+    }
+    targets
 }
 
 /// Publishes a message of the hub's (a command, a rule's action): like a will, the
@@ -561,7 +666,8 @@ pub(crate) async fn publish_from_hub(shared: &Shared, message: Arc<Message>) -> 
         // the hub stores it whether or not this future is polled
         drop(hook.offer(None, &message));
     }
-    route(shared, None, &message).await.0
+    let targets = targets(shared, None, &message);
+    route(shared, &message, targets).await.0
 }
 
 /// Publishes a message of the broker's own (`$SYS`): retained store and subscribers, but
@@ -569,13 +675,14 @@ pub(crate) async fn publish_from_hub(shared: &Shared, message: Arc<Message>) -> 
 /// `None` publisher means a will). Without this the hub ingested the broker's counters
 /// as if they were wills (found by tests/ingest.rs).
 pub(crate) async fn publish_internal(shared: &Shared, message: Arc<Message>) {
-    let _ = route(shared, None, &message).await;
+    let targets = targets(shared, None, &message);
+    let _ = route(shared, &message, targets).await;
 }
 
-/// Stores or clears the retained copy, then queues `message` for every matching
-/// session, with its expiry on the broker's clock. Returns how many sessions it went to,
-/// and whether it recorded anything for the disk.
-async fn route(shared: &Shared, from: Option<&ClientId>, message: &Arc<Message>) -> (usize, bool) {
+/// Stores or clears the retained copy, then queues `message` for every target session,
+/// with its expiry on the broker's clock. Returns how many sessions it went to, and
+/// whether it recorded anything for the disk.
+async fn route(shared: &Shared, message: &Arc<Message>, targets: Vec<Target>) -> (usize, bool) {
     let expires_at = message.properties.message_expiry.map(|d| BrokerTime(shared.now().0 + d));
     let mut persisted = false;
     if message.retain {
@@ -595,12 +702,8 @@ async fn route(shared: &Shared, from: Option<&ClientId>, message: &Arc<Message>)
             }
         });
     }
-    let mut sessions = 0;
-    for target in shared.router.targets(&message.topic) {
-        if target.no_local && from == Some(&target.entry.client_id) {
-            continue; // [MQTT-3.8.3-3] No Local
-        }
-        sessions += 1;
+    let sessions = targets.len();
+    for target in targets {
         let delivery = Delivery {
             message: Arc::clone(message),
             qos: message.qos.min(target.qos),
@@ -619,6 +722,7 @@ async fn route(shared: &Shared, from: Option<&ClientId>, message: &Arc<Message>)
 fn limits(shared: &Shared) -> SessionLimits {
     SessionLimits {
         max_queued: shared.config.max_queued_messages,
+        max_queued_bytes: shared.config.max_queued_bytes,
         max_inflight: shared.config.max_inflight,
         overflow: shared.config.queue_full.into(),
     }
@@ -656,7 +760,11 @@ pub(crate) fn restore(shared: &Shared, snapshot: Snapshot) -> (usize, usize) {
     let now = Instant::now();
     for stored in snapshot.sessions {
         let rec = stored.session;
-        let entry = Arc::new(SessionEntry::new(rec.client_id.clone(), limits(shared)));
+        let entry = Arc::new(SessionEntry::new(
+            rec.client_id.clone(),
+            limits(shared),
+            shared.stats.queue_budget.clone(),
+        ));
         {
             let mut st = entry.lock();
             st.persistent = shared.persist.is_some();

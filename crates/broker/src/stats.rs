@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use telehub_mqtt::QueueBudget;
+
 /// Counters since start. Read with [`Stats::snapshot`].
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -17,6 +19,10 @@ pub struct Stats {
     pub(crate) connections_refused: AtomicU64,
     pub(crate) auth_failures: AtomicU64,
     pub(crate) messages_refused: AtomicU64,
+    pub(crate) messages_quota_exceeded: AtomicU64,
+    /// The payload bytes queued in every session, and their cap
+    /// (`max_queued_bytes_total`); shared by every session.
+    pub(crate) queue_budget: QueueBudget,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -34,7 +40,8 @@ pub struct StatsSnapshot {
     pub bytes_received: u64,
     /// Bytes written to clients.
     pub bytes_sent: u64,
-    /// Deliveries dropped because a session queue was full.
+    /// Deliveries dropped for one session: its queue was full (in deliveries or bytes),
+    /// or, with `drop_oldest`, evicted to make room, or the global cap was reached.
     pub messages_dropped: u64,
     /// Queued deliveries discarded because their Message Expiry Interval passed.
     pub messages_expired: u64,
@@ -51,9 +58,22 @@ pub struct StatsSnapshot {
     /// PUBLISH packets the [`Authenticator`](crate::Authenticator) refused: never
     /// routed, retained or offered to the ingest hook.
     pub messages_refused: u64,
+    /// PUBLISH packets not routed to anyone because a queue limit was reached (the
+    /// global cap, or with `queue_full = "refuse"` a matching session's queue): MQTT 5
+    /// QoS 1/2 publishers were answered 0x97 (Quota exceeded), MQTT 3.x ones
+    /// acknowledged, and QoS 0 messages dropped.
+    pub messages_quota_exceeded: u64,
+    /// Payload bytes queued now in every session together (gauge).
+    pub queued_bytes: u64,
 }
 
 impl Stats {
+    /// Zeroed counters, with a cap of `max_queued_bytes_total` on the bytes queued in
+    /// every session together.
+    pub(crate) fn with_queue_cap(max_queued_bytes_total: usize) -> Self {
+        Self { queue_budget: QueueBudget::new(max_queued_bytes_total), ..Self::default() }
+    }
+
     /// Reads every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -70,6 +90,8 @@ impl Stats {
             connections_refused: get(&self.connections_refused),
             auth_failures: get(&self.auth_failures),
             messages_refused: get(&self.messages_refused),
+            messages_quota_exceeded: get(&self.messages_quota_exceeded),
+            queued_bytes: self.queue_budget.used() as u64,
         }
     }
 

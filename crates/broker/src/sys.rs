@@ -50,6 +50,8 @@ fn snapshot(shared: &Shared, uptime: Duration) -> Vec<(&'static str, String)> {
         ("messages/dropped", s.messages_dropped.to_string()),
         ("messages/refused", s.messages_refused.to_string()),
         ("messages/expired", s.messages_expired.to_string()),
+        ("messages/quota exceeded", s.messages_quota_exceeded.to_string()),
+        ("messages/queued bytes", s.queued_bytes.to_string()),
         ("bytes/received", s.bytes_received.to_string()),
         ("bytes/sent", s.bytes_sent.to_string()),
         ("subscriptions/count", shared.router.subscription_count().to_string()),

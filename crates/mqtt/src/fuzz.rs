@@ -4,7 +4,7 @@
 use bytes::BytesMut;
 use telehub_core::{Message, MessageProperties, QoS, TopicName};
 
-use crate::session::{BrokerTime, Delivery, OverflowPolicy, Session, SessionLimits};
+use crate::session::{BrokerTime, Delivery, OverflowPolicy, QueueBudget, Session, SessionLimits};
 use crate::{Decoder, Outbound};
 
 const CONNECT_V311: &[u8] = b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x3c\x00\x03abc";
@@ -34,10 +34,17 @@ pub fn decode(data: &[u8]) {
 
 /// Drives a [`Session`] with operations read from `data` (enqueue, send, acks, resume)
 /// and checks its invariants after each: the in-flight count never exceeds the window,
-/// every in-flight packet id is non-zero and unique, and the queue stays bounded.
+/// every in-flight packet id is non-zero and unique, the queue stays bounded in
+/// deliveries and bytes, and the shared budget holds exactly the queued bytes.
 pub fn session(data: &[u8]) {
-    let limits = SessionLimits { max_queued: 8, max_inflight: 4, overflow: OverflowPolicy::DropOldest };
-    let mut s = Session::new(limits);
+    let limits = SessionLimits {
+        max_queued: 8,
+        max_queued_bytes: 64,
+        max_inflight: 4,
+        overflow: OverflowPolicy::DropOldest,
+    };
+    let budget = QueueBudget::new(48);
+    let mut s = Session::with_budget(limits, budget.clone());
     let mut sent: Vec<u16> = Vec::new();
     let topic = TopicName::new("f/t").unwrap_or_else(|_| unreachable!("a valid topic"));
     for (i, &op) in data.iter().enumerate() {
@@ -47,7 +54,7 @@ pub fn session(data: &[u8]) {
                 let qos = QoS::from_u8(op / 6 % 3).unwrap_or(QoS::AtMostOnce);
                 let message = Message {
                     topic: topic.clone(),
-                    payload: bytes::Bytes::new(),
+                    payload: bytes::Bytes::from(vec![0; usize::from(op % 24)]),
                     qos,
                     retain: false,
                     properties: MessageProperties::default(),
@@ -99,5 +106,9 @@ pub fn session(data: &[u8]) {
         }
         assert!(s.inflight() <= 4, "in flight beyond the window");
         assert!(s.queued() <= 8, "queue beyond its bound");
+        assert!(s.queued_bytes() <= 48, "queued bytes beyond the budget");
+        assert_eq!(budget.used(), s.queued_bytes(), "budget out of step with the queue");
     }
+    drop(s);
+    assert_eq!(budget.used(), 0, "a dropped session keeps bytes in the budget");
 }

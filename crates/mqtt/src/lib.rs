@@ -24,5 +24,6 @@ pub use packet::{
 };
 pub use reason::ProtocolError;
 pub use session::{
-    BrokerTime, Delivery, EnqueueError, InflightStage, OverflowPolicy, PersistChange, Session, SessionLimits,
+    BrokerTime, Delivery, EnqueueError, InflightStage, OverflowPolicy, PersistChange, QueueBudget, Session,
+    SessionLimits,
 };

@@ -9,7 +9,12 @@ use telehub_mqtt::{OverflowPolicy, SessionLimits};
 const T0: BrokerTime = BrokerTime(std::time::Duration::ZERO);
 
 fn entry(id: &str) -> Arc<SessionEntry> {
-    let limits = SessionLimits { max_queued: 10, max_inflight: 10, overflow: OverflowPolicy::DropNew };
+    let limits = SessionLimits {
+        max_queued: 10,
+        max_queued_bytes: usize::MAX,
+        max_inflight: 10,
+        overflow: OverflowPolicy::DropNew,
+    };
     Arc::new(SessionEntry::new_for_test(ClientId::new(id.to_owned()), limits))
 }
 

@@ -6,9 +6,15 @@
 //! The broker keeps a `Session` per client id behind a mutex; publishers call
 //! [`Session::enqueue`], the client's connection calls [`Session::next_outgoing`] and the
 //! `on_*` acknowledgement handlers. Nothing here blocks or does I/O.
+//!
+//! Queued deliveries are bounded per session in number and in payload bytes
+//! ([`SessionLimits`]), and across every session by a shared [`QueueBudget`]: each queue
+//! adds what it takes to the budget and gives it back when the delivery leaves the
+//! queue (sent, dropped, expired, cleared, or the session dropped).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use telehub_core::{Message, QoS};
@@ -23,6 +29,9 @@ pub enum OverflowPolicy {
     DropNew,
     /// Drop the oldest queued delivery to make room for the new one.
     DropOldest,
+    /// Refuse the new delivery, like [`OverflowPolicy::DropNew`]; the broker also
+    /// refuses the PUBLISH that caused it before routing it to anyone.
+    Refuse,
 }
 
 /// Limits of one session.
@@ -30,11 +39,81 @@ pub enum OverflowPolicy {
 pub struct SessionLimits {
     /// Deliveries waiting to be sent (not yet in flight), online or offline.
     pub max_queued: usize,
+    /// Payload bytes of the deliveries waiting to be sent.
+    pub max_queued_bytes: usize,
     /// QoS 1/2 deliveries in flight to the client at once. For MQTT 5 the client's
     /// Receive Maximum lowers it further ([MQTT-3.3.4-7]).
     pub max_inflight: u16,
-    /// What happens when `max_queued` is reached.
+    /// What happens when `max_queued` or `max_queued_bytes` is reached.
     pub overflow: OverflowPolicy,
+}
+
+/// The payload bytes queued in every session sharing it, and their cap. Cloning shares
+/// it; one atomic add per queued or dequeued delivery.
+#[derive(Debug, Clone)]
+pub struct QueueBudget {
+    inner: Arc<BudgetInner>,
+}
+
+#[derive(Debug)]
+struct BudgetInner {
+    used: AtomicUsize,
+    cap: usize,
+}
+
+impl QueueBudget {
+    /// An empty budget of `cap` bytes.
+    pub fn new(cap: usize) -> Self {
+        Self { inner: Arc::new(BudgetInner { used: AtomicUsize::new(0), cap }) }
+    }
+
+    /// An empty budget without a cap.
+    pub fn unlimited() -> Self {
+        Self::new(usize::MAX)
+    }
+
+    /// Bytes queued now in every session sharing this budget.
+    pub fn used(&self) -> usize {
+        self.inner.used.load(Ordering::Relaxed)
+    }
+
+    /// The cap.
+    pub fn cap(&self) -> usize {
+        self.inner.cap
+    }
+
+    /// True when `bytes` more fit under the cap now (another session may take them
+    /// before they are queued).
+    pub fn has_room_for(&self, bytes: usize) -> bool {
+        self.used().saturating_add(bytes) <= self.inner.cap
+    }
+
+    /// Takes `bytes` if they fit under the cap.
+    fn try_take(&self, bytes: usize) -> bool {
+        let cap = self.inner.cap;
+        self.inner
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(bytes).filter(|&after| after <= cap)
+            })
+            .is_ok()
+    }
+
+    /// Takes `bytes` whether or not they fit (restored deliveries).
+    fn force_take(&self, bytes: usize) {
+        self.inner.used.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn give_back(&self, bytes: usize) {
+        let before = self.inner.used.fetch_sub(bytes, Ordering::Relaxed);
+        debug_assert!(before >= bytes, "queue budget gave back more than it took");
+    }
+}
+
+impl Default for QueueBudget {
+    fn default() -> Self {
+        Self::unlimited()
+    }
 }
 
 /// A point on the broker's monotonic clock: time since the broker started. The session
@@ -61,6 +140,12 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// The bytes this delivery counts for in a queue: its payload (shared between the
+    /// sessions it is queued for, but counted in each).
+    pub fn size(&self) -> usize {
+        self.message.payload.len()
+    }
+
     /// What is left of the Message Expiry Interval at `now`, at least one second while
     /// the message is not expired ([MQTT-3.3.2-6]: the forwarded interval is what is
     /// left); `None` for a message that does not expire.
@@ -111,8 +196,12 @@ pub enum InflightStage {
 /// A delivery was not queued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EnqueueError {
-    /// The queue is full; the rejected delivery is handed back.
+    /// The session's queue is full (in deliveries or bytes); the rejected delivery is
+    /// handed back.
     Full(Delivery),
+    /// The [`QueueBudget`] shared by every session is used up; the rejected delivery is
+    /// handed back.
+    OverBudget(Delivery),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +230,9 @@ pub struct Session {
     /// The client's Receive Maximum for the current connection.
     client_receive_maximum: u16,
     queue: VecDeque<Delivery>,
+    /// Sum of [`Delivery::size`] over `queue`, all of it taken from `budget`.
+    queued_bytes: usize,
+    budget: QueueBudget,
     inflight: HashMap<u16, Inflight>,
     next_packet_id: u16,
     next_seq: u64,
@@ -153,12 +245,20 @@ pub struct Session {
 }
 
 impl Session {
-    /// An empty session.
+    /// An empty session with a budget of its own, without a cap.
     pub fn new(limits: SessionLimits) -> Self {
+        Self::with_budget(limits, QueueBudget::unlimited())
+    }
+
+    /// An empty session whose queued bytes also count against `budget`, shared with
+    /// other sessions.
+    pub fn with_budget(limits: SessionLimits, budget: QueueBudget) -> Self {
         Self {
             limits,
             client_receive_maximum: u16::MAX,
             queue: VecDeque::new(),
+            queued_bytes: 0,
+            budget,
             inflight: HashMap::new(),
             next_packet_id: 1,
             next_seq: 0,
@@ -186,10 +286,26 @@ impl Session {
         }
     }
 
-    /// Puts back a delivery that was queued when the broker stopped, ignoring the bound
-    /// (it held at most the bound of its time).
+    /// Puts back a delivery that was queued when the broker stopped, ignoring the bounds
+    /// (it held at most the bounds of its time); its bytes count all the same.
     pub fn restore_queued(&mut self, delivery: Delivery) {
+        self.budget.force_take(delivery.size());
+        self.push_taken(delivery);
+    }
+
+    /// Appends a delivery whose bytes were taken from the budget.
+    fn push_taken(&mut self, delivery: Delivery) {
+        self.queued_bytes += delivery.size();
         self.queue.push_back(delivery);
+    }
+
+    /// Takes the oldest queued delivery, giving its bytes back to the budget.
+    fn pop_queued(&mut self) -> Option<Delivery> {
+        let delivery = self.queue.pop_front()?;
+        let size = delivery.size();
+        self.queued_bytes -= size;
+        self.budget.give_back(size);
+        Some(delivery)
     }
 
     /// Puts back a QoS 1/2 delivery that was in flight with `packet_id` when the broker
@@ -231,43 +347,90 @@ impl Session {
         self.queue.len()
     }
 
+    /// Payload bytes of the deliveries waiting to be sent.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
     /// QoS 1/2 deliveries sent and not yet fully acknowledged.
     pub fn inflight(&self) -> usize {
         self.inflight.len()
     }
 
-    /// True when the queue has room for another delivery.
+    /// True when the queue has room for another delivery (of any size that fits the
+    /// byte limit).
     pub fn has_room(&self) -> bool {
-        self.queue.len() < self.limits.max_queued
+        self.queue.len() < self.limits.max_queued && self.queued_bytes < self.limits.max_queued_bytes
     }
 
-    /// Queues a delivery. QoS 0 deliveries and QoS 1/2 deliveries share the bound.
+    /// True when a delivery of `size` bytes fits this session's limits now (the shared
+    /// budget aside).
+    pub fn has_room_for(&self, size: usize) -> bool {
+        self.queue.len() < self.limits.max_queued
+            && self.queued_bytes.saturating_add(size) <= self.limits.max_queued_bytes
+    }
+
+    /// Queues a delivery. QoS 0 deliveries and QoS 1/2 deliveries share the bounds:
+    /// `max_queued` deliveries, `max_queued_bytes` payload bytes, and the shared
+    /// [`QueueBudget`].
     ///
     /// # Errors
     ///
-    /// [`EnqueueError::Full`] when the queue is full and the policy is
-    /// [`OverflowPolicy::DropNew`]; the caller decides whether to wait or count a drop.
-    /// With [`OverflowPolicy::DropOldest`] the oldest delivery is dropped (and counted)
-    /// instead, and this never fails.
+    /// With [`OverflowPolicy::DropNew`] and [`OverflowPolicy::Refuse`]:
+    /// [`EnqueueError::Full`] when the session's limits are reached,
+    /// [`EnqueueError::OverBudget`] when the shared budget is; the caller decides
+    /// whether to wait or count a drop. With [`OverflowPolicy::DropOldest`] the oldest
+    /// deliveries of this session are dropped (and counted) until the new one fits
+    /// both, or, when dropping all of them would not make room, the new one is; this
+    /// never fails.
     pub fn enqueue(&mut self, delivery: Delivery) -> Result<(), EnqueueError> {
-        if self.queue.len() >= self.limits.max_queued {
-            match self.limits.overflow {
-                OverflowPolicy::DropNew => return Err(EnqueueError::Full(delivery)),
-                OverflowPolicy::DropOldest => {
-                    if let Some(old) = self.queue.pop_front() {
-                        self.dropped += 1;
-                        self.removed(&old);
-                    }
-                    if self.limits.max_queued == 0 {
-                        self.dropped += 1;
-                        self.removed(&delivery);
-                        return Ok(());
-                    }
+        let size = delivery.size();
+        let drop_oldest = self.limits.overflow == OverflowPolicy::DropOldest;
+        if !self.has_room_for(size) {
+            if !drop_oldest {
+                return Err(EnqueueError::Full(delivery));
+            }
+            if size > self.limits.max_queued_bytes || self.limits.max_queued == 0 {
+                // can never fit: the queue is kept
+                self.drop_new(&delivery);
+                return Ok(());
+            }
+            while !self.has_room_for(size) && self.drop_oldest() {}
+        }
+        if !self.budget.try_take(size) {
+            if !drop_oldest {
+                return Err(EnqueueError::OverBudget(delivery));
+            }
+            // only this session's oldest make room, never other sessions' deliveries;
+            // when all of them would not be enough, the queue is kept
+            let room = self.budget.cap().saturating_sub(self.budget.used());
+            if self.queued_bytes.saturating_add(room) < size {
+                self.drop_new(&delivery);
+                return Ok(());
+            }
+            while !self.budget.try_take(size) {
+                if !self.drop_oldest() {
+                    self.drop_new(&delivery);
+                    return Ok(());
                 }
             }
         }
-        self.queue.push_back(delivery);
+        self.push_taken(delivery);
         Ok(())
+    }
+
+    /// Drops (and counts) the oldest queued delivery; false when there is none.
+    fn drop_oldest(&mut self) -> bool {
+        let Some(old) = self.pop_queued() else { return false };
+        self.dropped += 1;
+        self.removed(&old);
+        true
+    }
+
+    /// Counts `delivery` as dropped instead of queued.
+    fn drop_new(&mut self, delivery: &Delivery) {
+        self.dropped += 1;
+        self.removed(delivery);
     }
 
     /// Counts a delivery the caller gave up on after [`EnqueueError::Full`].
@@ -312,7 +475,7 @@ impl Session {
     /// and counted ([`Session::expired`]).
     pub fn next_outgoing(&mut self, now: BrokerTime) -> Option<Outbound> {
         while self.queue.front().is_some_and(|d| d.is_expired(now)) {
-            if let Some(gone) = self.queue.pop_front() {
+            if let Some(gone) = self.pop_queued() {
                 self.removed(&gone);
             }
             self.expired += 1;
@@ -321,7 +484,7 @@ impl Session {
         if front.qos != QoS::AtMostOnce && self.inflight.len() >= self.window() {
             return None;
         }
-        let delivery = self.queue.pop_front()?;
+        let delivery = self.pop_queued()?;
         let packet_id = match delivery.qos {
             QoS::AtMostOnce => None,
             QoS::AtLeastOnce | QoS::ExactlyOnce => {
@@ -446,7 +609,7 @@ impl Session {
 
     /// Forgets everything (clean start / clean session).
     pub fn clear(&mut self) {
-        for d in std::mem::take(&mut self.queue) {
+        while let Some(d) = self.pop_queued() {
             self.removed(&d);
         }
         for (_, f) in std::mem::take(&mut self.inflight) {
@@ -454,6 +617,14 @@ impl Session {
         }
         self.incoming_qos2.clear();
         self.next_packet_id = 1;
+    }
+}
+
+impl Drop for Session {
+    /// Gives the queued bytes back to the shared budget.
+    fn drop(&mut self) {
+        debug_assert_eq!(self.queued_bytes, self.queue.iter().map(Delivery::size).sum::<usize>());
+        self.budget.give_back(self.queued_bytes);
     }
 }
 

@@ -7,7 +7,19 @@ use bytes::Bytes;
 use telehub_core::{MessageProperties, TopicName};
 
 fn limits(max_queued: usize, max_inflight: u16) -> SessionLimits {
-    SessionLimits { max_queued, max_inflight, overflow: OverflowPolicy::DropNew }
+    SessionLimits {
+        max_queued,
+        max_queued_bytes: usize::MAX,
+        max_inflight,
+        overflow: OverflowPolicy::DropNew,
+    }
+}
+
+/// A delivery of `n` with a payload of `size` bytes.
+fn sized(n: u8, size: usize) -> Delivery {
+    let mut d = delivery(n, QoS::AtLeastOnce);
+    d.message = Arc::new(Message { payload: Bytes::from(vec![n; size]), ..(*d.message).clone() });
+    d
 }
 
 fn delivery(n: u8, qos: QoS) -> Delivery {
@@ -186,8 +198,7 @@ fn full_queue_refuses_new_deliveries_with_drop_new() {
 
 #[test]
 fn full_queue_drops_oldest_with_drop_oldest_and_counts_it() {
-    let mut s =
-        Session::new(SessionLimits { max_queued: 2, max_inflight: 10, overflow: OverflowPolicy::DropOldest });
+    let mut s = Session::new(SessionLimits { overflow: OverflowPolicy::DropOldest, ..limits(2, 10) });
     for n in 1..=3 {
         s.enqueue(delivery(n, QoS::AtLeastOnce)).unwrap();
     }
@@ -206,4 +217,81 @@ fn clear_forgets_queue_inflight_and_incoming() {
     s.clear();
     assert_eq!((s.queued(), s.inflight(), s.incoming_qos2_pending()), (0, 0, 0));
     assert!(s.resume(10, T0).is_empty());
+}
+
+#[test]
+fn queue_is_bounded_in_bytes_with_drop_new_and_refuse() {
+    for overflow in [OverflowPolicy::DropNew, OverflowPolicy::Refuse] {
+        let mut s = Session::new(SessionLimits { max_queued_bytes: 10, overflow, ..limits(10, 10) });
+        s.enqueue(sized(1, 6)).unwrap();
+        assert!(s.has_room_for(4) && !s.has_room_for(5));
+        assert_eq!(s.enqueue(sized(2, 5)), Err(EnqueueError::Full(sized(2, 5))), "{overflow:?}");
+        s.enqueue(sized(3, 4)).unwrap();
+        assert_eq!((s.queued(), s.queued_bytes()), (2, 10));
+        assert!(!s.has_room());
+    }
+}
+
+#[test]
+fn queue_is_bounded_in_bytes_with_drop_oldest() {
+    let mut s = Session::new(SessionLimits {
+        max_queued_bytes: 10,
+        overflow: OverflowPolicy::DropOldest,
+        ..limits(10, 10)
+    });
+    s.enqueue(sized(1, 4)).unwrap();
+    s.enqueue(sized(2, 4)).unwrap();
+    s.enqueue(sized(3, 8)).unwrap(); // both older ones make room
+    assert_eq!((s.queued(), s.queued_bytes(), s.dropped()), (1, 8, 2));
+    s.enqueue(sized(4, 11)).unwrap(); // can never fit: dropped itself
+    assert_eq!((s.queued(), s.queued_bytes(), s.dropped()), (1, 8, 3));
+}
+
+#[test]
+fn shared_budget_caps_every_session_together() {
+    let budget = QueueBudget::new(10);
+    let mut a = Session::with_budget(limits(10, 10), budget.clone());
+    let mut b = Session::with_budget(limits(10, 10), budget.clone());
+    a.enqueue(sized(1, 6)).unwrap();
+    assert!(budget.has_room_for(4) && !budget.has_room_for(5));
+    assert_eq!(b.enqueue(sized(2, 5)), Err(EnqueueError::OverBudget(sized(2, 5))));
+    b.enqueue(sized(3, 4)).unwrap();
+    assert_eq!(budget.used(), 10);
+    // sent: given back
+    a.next_outgoing(T0).unwrap();
+    assert_eq!(budget.used(), 4);
+    // dropped session: given back
+    drop(b);
+    assert_eq!(budget.used(), 0);
+}
+
+#[test]
+fn drop_oldest_over_the_budget_drops_from_its_own_session_only() {
+    let budget = QueueBudget::new(10);
+    let drop_oldest = SessionLimits { overflow: OverflowPolicy::DropOldest, ..limits(10, 10) };
+    let mut a = Session::with_budget(drop_oldest, budget.clone());
+    let mut b = Session::with_budget(drop_oldest, budget.clone());
+    a.enqueue(sized(1, 6)).unwrap();
+    b.enqueue(sized(2, 2)).unwrap();
+    b.enqueue(sized(3, 4)).unwrap(); // drops b's oldest, not a's
+    assert_eq!((a.queued(), b.queued(), b.dropped(), budget.used()), (1, 1, 1, 10));
+    b.enqueue(sized(4, 5)).unwrap(); // b has 4 bytes to give: not enough, so dropped itself
+    assert_eq!((a.queued(), b.queued(), b.dropped(), budget.used()), (1, 1, 2, 10));
+}
+
+#[test]
+fn budget_follows_expiry_clear_and_restore() {
+    let budget = QueueBudget::new(100);
+    let mut s = Session::with_budget(limits(10, 10), budget.clone());
+    let mut d = sized(1, 7);
+    d.expires_at = Some(at(1));
+    s.enqueue(d).unwrap();
+    s.enqueue(sized(2, 5)).unwrap();
+    assert_eq!(budget.used(), 12);
+    s.next_outgoing(at(2)).unwrap(); // 1 expired, 2 sent
+    assert_eq!((s.expired(), budget.used()), (1, 0));
+    s.restore_queued(sized(3, 200)); // over the cap, counted all the same
+    assert_eq!(budget.used(), 200);
+    s.clear();
+    assert_eq!((s.queued_bytes(), budget.used()), (0, 0));
 }
