@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use telehub_core::{ClientId, DeviceId, Message};
+use telehub_core::{ClientId, DeviceId, Message, TopicName};
+use telehub_mqtt::ReasonString;
 
 /// The transport a client connected over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -111,6 +112,17 @@ impl Refusal {
             (Self::Unavailable, false) => 0x03,
         }
     }
+
+    /// The MQTT 5 Reason String of the refusing CONNACK. It never says which of user
+    /// name or password was wrong.
+    pub fn reason_string(self) -> ReasonString {
+        ReasonString::new(match self {
+            Self::BadCredentials => "bad user name or password",
+            Self::NotAuthorized => "not authorized to connect",
+            Self::ConnectionRate => "connection rate exceeded",
+            Self::Unavailable => "authentication unavailable, try again later",
+        })
+    }
 }
 
 /// Why a PUBLISH is refused. A refused message is counted, never routed, retained or
@@ -136,6 +148,14 @@ impl PublishRefusal {
             Self::NotAuthorized => 0x87,
             Self::RateTooHigh => 0x97,
         }
+    }
+
+    /// The MQTT 5 Reason String of the PUBACK / PUBREC refusing a message to `topic`.
+    pub fn reason_string(self, topic: &TopicName) -> ReasonString {
+        ReasonString::new(match self {
+            Self::NotAuthorized => format!("not authorized to publish to {}", topic.as_str()),
+            Self::RateTooHigh => "message rate above this client's limit".to_owned(),
+        })
     }
 }
 

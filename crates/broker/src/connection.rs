@@ -20,7 +20,7 @@ use bytes::BytesMut;
 use telehub_core::{ClientId, Message, QoS, TopicFilter, TopicName};
 use telehub_mqtt::{
     BrokerTime, ConnAckCode, Connect, Decoder, Delivery, Encoder, Inbound, Outbound, ProtocolError,
-    ProtocolVersion, PublishIn, SubAckCode, SubOptions,
+    ProtocolVersion, PublishIn, ReasonString, SubAckCode, SubOptions,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::OwnedReadHalf;
@@ -223,7 +223,8 @@ pub(crate) async fn serve<R: ReadHalf, W: WriteHalf>(
         Ok(Err(ReadError::Protocol(ProtocolError::ClientIdRejected))) => {
             let version = reader.decoder.version().unwrap_or(ProtocolVersion::V3_1_1);
             debug!(%peer, ?version, "refused: empty client id without clean session");
-            return refuse(write, version, ConnAckCode::ClientIdRejected).await;
+            // no reason string: the client's Maximum Packet Size is not known
+            return refuse(write, version, Refused::without_reason(ConnAckCode::ClientIdRejected)).await;
         }
         Ok(Err(ReadError::Protocol(e))) => {
             Stats::add(&shared.stats.protocol_errors, 1);
@@ -242,19 +243,35 @@ pub(crate) async fn serve<R: ReadHalf, W: WriteHalf>(
     shared.stats.connections_current.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Refuses a CONNECT with `code` and closes.
-async fn refuse(mut write: impl WriteHalf, version: ProtocolVersion, code: ConnAckCode) {
+/// A refused CONNECT: the CONNACK code, the MQTT 5 reason string saying why, and the
+/// client's Maximum Packet Size the CONNACK must fit ([MQTT-3.2.2-19]).
+struct Refused {
+    code: ConnAckCode,
+    reason: Option<ReasonString>,
+    max_packet_size: u32,
+}
+
+impl Refused {
+    fn without_reason(code: ConnAckCode) -> Self {
+        Self { code, reason: None, max_packet_size: 0 }
+    }
+}
+
+/// Refuses a CONNECT and closes.
+async fn refuse(mut write: impl WriteHalf, version: ProtocolVersion, refused: Refused) {
     let mut buf = BytesMut::new();
     let connack = Outbound::ConnAck {
         session_present: false,
-        code,
+        code: refused.code,
         assigned_client_id: None,
         server_keep_alive: None,
         receive_maximum: 1,
         maximum_packet_size: 0,
         topic_alias_maximum: 0,
+        reason_string: refused.reason,
     };
-    if Encoder::new(version, 0).encode(connack, &mut buf).is_ok() && write.write_all(&buf).await.is_ok() {
+    let mut encoder = Encoder::new(version, refused.max_packet_size);
+    if encoder.encode(connack, &mut buf).is_ok() && write.write_all(&buf).await.is_ok() {
         let _ = write.flush().await;
     }
     let _ = write.shutdown().await;
@@ -278,7 +295,7 @@ async fn run_connected<R: ReadHalf, W: WriteHalf>(
     let mut assigned = None;
     let client_id = if connect.client_id.is_empty() {
         if !version.is_v5() && !connect.clean_start {
-            return refuse(write, version, ConnAckCode::ClientIdRejected).await;
+            return refuse(write, version, Refused::without_reason(ConnAckCode::ClientIdRejected)).await;
         }
         // unique by connection id, unguessable by a per-process random suffix
         let salt = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), conn);
@@ -294,7 +311,7 @@ async fn run_connected<R: ReadHalf, W: WriteHalf>(
     if keep_alive > max_keep_alive || (keep_alive == 0 && max_keep_alive < u16::MAX && version.is_v5()) {
         if !version.is_v5() {
             // 3.x cannot be told another value: refuse, as Mosquitto does
-            return refuse(write, version, ConnAckCode::KeepAliveTooLong).await;
+            return refuse(write, version, Refused::without_reason(ConnAckCode::KeepAliveTooLong)).await;
         }
         keep_alive = max_keep_alive;
         server_keep_alive = Some(max_keep_alive);
@@ -313,9 +330,10 @@ async fn run_connected<R: ReadHalf, W: WriteHalf>(
     {
         Ok(principal) => principal,
         Err(None) => return,
-        Err(Some(code)) => {
+        Err(Some((code, reason))) => {
             Stats::add(&shared.stats.auth_failures, 1);
-            return refuse(write, version, code).await;
+            let max_packet_size = connect.maximum_packet_size.unwrap_or(0);
+            return refuse(write, version, Refused { code, reason: Some(reason), max_packet_size }).await;
         }
     };
 
@@ -347,6 +365,7 @@ async fn run_connected<R: ReadHalf, W: WriteHalf>(
         receive_maximum: config.receive_maximum,
         maximum_packet_size: config.max_packet_size,
         topic_alias_maximum: config.topic_alias_maximum,
+        reason_string: None,
     }];
     initial.extend(attached.resend);
     // from here until it is dropped: in `Control`'s view (before the client can see its
@@ -360,7 +379,8 @@ async fn run_connected<R: ReadHalf, W: WriteHalf>(
         initial,
         write,
         encoder: Encoder::new(version, connect.maximum_packet_size.unwrap_or(0))
-            .with_topic_aliases(connect.topic_alias_maximum),
+            .with_topic_aliases(connect.topic_alias_maximum)
+            .with_problem_information(connect.request_problem_information),
         control: control_rx,
         entry: Arc::clone(&entry),
         conn,
@@ -417,19 +437,24 @@ async fn run_connected<R: ReadHalf, W: WriteHalf>(
 
     // out of `Control`'s view before the client can see the connection end
     drop(registration);
+    // MQTT 5 DISCONNECT reason codes and reason strings, in one place
     let (will_allowed, disconnect) = match exit {
         Exit::Disconnect(reason) => (reason == 0x04, None), // 0x04: disconnect with will
         Exit::Closed => (true, None),
         Exit::Protocol(e) => {
             Stats::add(&shared.stats.protocol_errors, 1);
             debug!(%peer, client_id = %client_id, error = %e, "protocol error");
-            (true, Some(e.reason_code() as u8))
+            (true, Some((e.reason_code() as u8, e.reason_string())))
         }
-        Exit::AuthNotSupported => (true, Some(0x8c)),
-        Exit::TakenOver => (true, Some(0x8e)),
-        Exit::Shutdown => (false, Some(0x8b)),
+        Exit::AuthNotSupported => {
+            (true, Some((0x8c, ReasonString::new("enhanced authentication is not supported"))))
+        }
+        Exit::TakenOver => {
+            (true, Some((0x8e, ReasonString::new("session taken over by another connection"))))
+        }
+        Exit::Shutdown => (false, Some((0x8b, ReasonString::new("server shutting down")))),
         Exit::IngestFailed | Exit::RateTooHigh => (true, None),
-        Exit::Revoked => (true, Some(0x98)),
+        Exit::Revoked => (true, Some((0x98, ReasonString::new("disconnected by an administrator")))),
     };
     // end or park the session first, so a client reconnecting as soon as it sees the
     // socket close finds the session in its final state
@@ -443,8 +468,8 @@ async fn run_connected<R: ReadHalf, W: WriteHalf>(
             acker.task.abort();
         }
     }
-    if let (Some(reason), true) = (disconnect, version.is_v5()) {
-        let _ = conn_state.control.try_send(Outbound::Disconnect(reason));
+    if let (Some((reason, text)), true) = (disconnect, version.is_v5()) {
+        let _ = conn_state.control.try_send(Outbound::Disconnect(reason, Some(text)));
     }
     drop(conn_state);
     if tokio::time::timeout(FLUSH_GRACE, writer).await.is_err() {
@@ -468,8 +493,9 @@ async fn wait_durable(shared: &Shared, what: &str) {
 }
 
 /// Asks the authenticator about a CONNECT: its credentials, within `deadline`, then its
-/// will, as a PUBLISH of the will's topic. The error is the CONNACK code to refuse with,
-/// `None` when the broker is shutting down (closed without CONNACK).
+/// will, as a PUBLISH of the will's topic. The error is the CONNACK code to refuse with
+/// and the MQTT 5 reason string, `None` when the broker is shutting down (closed without
+/// CONNACK).
 async fn authenticate(
     shared: &Shared,
     connect: &Connect,
@@ -477,7 +503,7 @@ async fn authenticate(
     client: &Peer,
     deadline: Instant,
     cancel: &CancellationToken,
-) -> Result<Principal, Option<ConnAckCode>> {
+) -> Result<Principal, Option<(ConnAckCode, ReasonString)>> {
     let info = ConnectInfo {
         client_id,
         username: connect.username.as_deref(),
@@ -494,18 +520,20 @@ async fn authenticate(
         Ok(Ok(principal)) => principal,
         Ok(Err(refusal)) => {
             debug!(peer = %client.addr, client_id = %client_id, ?refusal, "CONNECT refused");
-            return Err(Some(refusal_code(refusal)));
+            return Err(Some((refusal_code(refusal), refusal.reason_string())));
         }
         Err(_) => {
             debug!(peer = %client.addr, client_id = %client_id, "authentication not done within the connect timeout");
-            return Err(Some(ConnAckCode::ServerUnavailable));
+            let reason = ReasonString::new("authentication not done within the connect timeout");
+            return Err(Some((ConnAckCode::ServerUnavailable, reason)));
         }
     };
     if let Some(will) = &connect.will
         && let Err(refusal) = shared.auth.authorize_publish(&principal, &will.message)
     {
         debug!(peer = %client.addr, client_id = %client_id, topic = %will.message.topic, ?refusal, "will refused");
-        return Err(Some(ConnAckCode::NotAuthorized));
+        let reason = format!("not authorized to publish the will to {}", will.message.topic.as_str());
+        return Err(Some((ConnAckCode::NotAuthorized, ReasonString::new(reason))));
     }
     Ok(principal)
 }
@@ -615,8 +643,12 @@ async fn ack_loop(
                 ingest_failed.cancel();
                 return;
             }
-            (Err(e), Outbound::PubAck(id, _)) => Outbound::PubAck(id, e.reason_code()),
-            (Err(e), Outbound::PubRec(id, _)) => Outbound::PubRec(id, e.reason_code()),
+            (Err(e), Outbound::PubAck(id, ..)) => {
+                Outbound::PubAck(id, e.reason_code(), Some(e.reason_string()))
+            }
+            (Err(e), Outbound::PubRec(id, ..)) => {
+                Outbound::PubRec(id, e.reason_code(), Some(e.reason_string()))
+            }
             (Err(_), packet) => packet,
         };
         if control.send(packet).await.is_err() {
@@ -669,7 +701,10 @@ impl Connection<'_> {
                     }
                     Err(_) => return Ok(Some(Exit::TakenOver)),
                 };
-                self.send(Outbound::PubComp(id, reason)).await
+                // 0x92: no QoS 2 flow with this id is open (anymore)
+                let text =
+                    (reason >= 0x80).then(|| ReasonString::new(format!("packet identifier {id} not found")));
+                self.send(Outbound::PubComp(id, reason, text)).await
             }
             Inbound::Subscribe { packet_id, filters, subscription_id } => {
                 self.subscribe(packet_id, filters, subscription_id).await
@@ -722,11 +757,12 @@ impl Connection<'_> {
             None => TopicName::new(p.topic).map_err(|_| ProtocolError::InvalidTopicName)?,
             // [MQTT-3.3.2-9] an alias is 1 ..= the Topic Alias Maximum we announced
             Some(alias) if alias == 0 || alias > self.shared.config.topic_alias_maximum => {
-                return Err(ProtocolError::TopicAliasInvalid);
+                let max = self.shared.config.topic_alias_maximum;
+                return Err(ProtocolError::TopicAliasOutOfRange { alias, max });
             }
             // a topic with an alias (re)defines it; an empty topic uses it
             Some(alias) if p.topic.is_empty() => {
-                self.topic_aliases.get(&alias).cloned().ok_or(ProtocolError::TopicAliasInvalid)?
+                self.topic_aliases.get(&alias).cloned().ok_or(ProtocolError::TopicAliasUndefined { alias })?
             }
             Some(alias) => {
                 let topic = TopicName::new(p.topic).map_err(|_| ProtocolError::InvalidTopicName)?;
@@ -756,7 +792,11 @@ impl Connection<'_> {
                             Ok(ack) => ack,
                             // MQTT 5 §3.4.2.1: 0x97 Quota exceeded; nothing was routed
                             Err(QuotaExceeded) if v5 => {
-                                let refused = Outbound::PubAck(id, QuotaExceeded::REASON_CODE);
+                                let refused = Outbound::PubAck(
+                                    id,
+                                    QuotaExceeded::REASON_CODE,
+                                    Some(QuotaExceeded::reason_string()),
+                                );
                                 return self.ack_after(None, refused).await;
                             }
                             // 3.x has no negative PUBACK: acknowledged, dropped (counted),
@@ -765,12 +805,15 @@ impl Connection<'_> {
                         }
                     }
                     Err(refusal) if v5 => {
-                        return self.ack_after(None, Outbound::PubAck(id, refusal.reason_code())).await;
+                        let text = refusal.reason_string(&message.topic);
+                        return self
+                            .ack_after(None, Outbound::PubAck(id, refusal.reason_code(), Some(text)))
+                            .await;
                     }
                     Err(PublishRefusal::RateTooHigh) => return Ok(Some(Exit::RateTooHigh)),
                     Err(PublishRefusal::NotAuthorized) => None, // 3.x: acknowledged, dropped
                 };
-                self.ack_after(ack, Outbound::PubAck(id, 0)).await
+                self.ack_after(ack, Outbound::PubAck(id, 0, None)).await
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 // on disk, the packet id and the deliveries it caused are committed
@@ -796,7 +839,7 @@ impl Connection<'_> {
                     // [MQTT-4.3.3-9] a resent PUBLISH is acknowledged, not routed again
                     // (nor asked about again: it was accepted the first time)
                     Stats::add(&self.shared.stats.messages_received, 1);
-                    return self.ack_after(None, Outbound::PubRec(id, 0)).await;
+                    return self.ack_after(None, Outbound::PubRec(id, 0, None)).await;
                 }
                 // Err(None): acknowledged and dropped; Err(Some(reason)): the flow ends
                 let routed = match self.authorize(&message) {
@@ -806,20 +849,22 @@ impl Connection<'_> {
                         {
                             Ok(ack) => Ok(ack),
                             // MQTT 5 §3.5.2.1: 0x97 Quota exceeded; nothing was routed
-                            Err(QuotaExceeded) if v5 => Err(Some(QuotaExceeded::REASON_CODE)),
+                            Err(QuotaExceeded) if v5 => {
+                                Err(Some((QuotaExceeded::REASON_CODE, QuotaExceeded::reason_string())))
+                            }
                             // 3.x: as NotAuthorized below
                             Err(QuotaExceeded) => Err(None),
                         }
                     }
                     Err(PublishRefusal::NotAuthorized) if !v5 => Err(None),
-                    Err(refusal) => Err(Some(refusal.reason_code())),
+                    Err(refusal) => Err(Some((refusal.reason_code(), refusal.reason_string(&message.topic)))),
                 };
                 let ack = match routed {
                     Ok(ack) => ack,
                     // 3.x NotAuthorized or over a queue limit: PUBREC, then PUBCOMP on
                     // PUBREL, as usual; dropped
                     Err(None) => self.shared.persist.as_deref().filter(|_| durable).map(|p| p.flush()),
-                    Err(Some(reason)) => {
+                    Err(Some((reason, text))) => {
                         // the flow ends here (5.0: PUBREC >= 0x80, a later PUBREL gets
                         // PUBCOMP 0x92; 3.x: closed, and a resend must be asked about anew)
                         if let Ok(mut st) = self.entry.lock_owned(self.conn)
@@ -830,11 +875,11 @@ impl Connection<'_> {
                         if !v5 {
                             return Ok(Some(Exit::RateTooHigh));
                         }
-                        return self.ack_after(None, Outbound::PubRec(id, reason)).await;
+                        return self.ack_after(None, Outbound::PubRec(id, reason, Some(text))).await;
                     }
                 };
                 drop(hold);
-                self.ack_after(ack, Outbound::PubRec(id, 0)).await
+                self.ack_after(ack, Outbound::PubRec(id, 0, None)).await
             }
             _ => Err(ProtocolError::MalformedPacket),
         }
@@ -898,18 +943,24 @@ impl Connection<'_> {
         subscription_id: Option<u32>,
     ) -> Handled {
         let mut codes = Vec::with_capacity(filters.len());
+        let mut refused = Refusals::default();
         let mut retained = Vec::new();
         let mut durable = false;
-        for (raw, options) in filters {
-            let Ok(filter) = TopicFilter::new(raw) else {
-                codes.push(SubAckCode::TopicFilterInvalid);
-                continue;
+        for (n, (raw, options)) in filters.into_iter().enumerate() {
+            let filter = match TopicFilter::new(raw) {
+                Ok(filter) => filter,
+                Err(e) => {
+                    codes.push(SubAckCode::TopicFilterInvalid);
+                    refused.add(|| format!("topic filter {}: {e}", n + 1));
+                    continue;
+                }
             };
             let shared = match filter.split_shared() {
                 None => None,
                 Some(Ok((_, inner))) => Some(inner),
-                Some(Err(_)) => {
+                Some(Err(e)) => {
                     codes.push(SubAckCode::TopicFilterInvalid);
+                    refused.add(|| format!("topic filter {}: {e}", n + 1));
                     continue;
                 }
             };
@@ -919,6 +970,7 @@ impl Connection<'_> {
             if !self.shared.auth.authorize_subscribe(self.principal, filter.as_str()) {
                 debug!(client_id = %self.client_id, filter = %filter.as_str(), "SUBSCRIBE refused");
                 codes.push(SubAckCode::NotAuthorized);
+                refused.add(|| format!("not authorized to subscribe to {}", filter.as_str()));
                 continue;
             }
             match self.entry.lock_owned(self.conn) {
@@ -962,7 +1014,7 @@ impl Connection<'_> {
         if durable {
             wait_durable(self.shared, "SUBACK").await;
         }
-        if let Some(exit) = self.send(Outbound::SubAck(packet_id, codes)).await? {
+        if let Some(exit) = self.send(Outbound::SubAck(packet_id, codes, refused.reason())).await? {
             return Ok(Some(exit));
         }
         for d in retained {
@@ -974,11 +1026,16 @@ impl Connection<'_> {
 
     async fn unsubscribe(&mut self, packet_id: u16, filters: Vec<bytestring::ByteString>) -> Handled {
         let mut codes = Vec::with_capacity(filters.len());
+        let mut refused = Refusals::default();
         let mut durable = false;
-        for raw in filters {
-            let Ok(filter) = TopicFilter::new(raw) else {
-                codes.push(0x8f);
-                continue;
+        for (n, raw) in filters.into_iter().enumerate() {
+            let filter = match TopicFilter::new(raw) {
+                Ok(filter) => filter,
+                Err(e) => {
+                    codes.push(0x8f);
+                    refused.add(|| format!("topic filter {}: {e}", n + 1));
+                    continue;
+                }
             };
             let had = match self.entry.lock_owned(self.conn) {
                 Ok(mut st) => {
@@ -998,7 +1055,33 @@ impl Connection<'_> {
             wait_durable(self.shared, "UNSUBACK").await;
         }
         // [MQTT-3.10.4-4] UNSUBACK even when nothing was removed
-        self.send(Outbound::UnsubAck(packet_id, codes)).await
+        self.send(Outbound::UnsubAck(packet_id, codes, refused.reason())).await
+    }
+}
+
+/// The filters of one SUBSCRIBE / UNSUBSCRIBE that failed, for the one MQTT 5 reason
+/// string their ack can carry: what went wrong with the first, and how many more failed.
+/// Nothing is built while every filter succeeds.
+#[derive(Default)]
+struct Refusals {
+    first: Option<String>,
+    more: usize,
+}
+
+impl Refusals {
+    fn add(&mut self, text: impl FnOnce() -> String) {
+        match self.first {
+            None => self.first = Some(text()),
+            Some(_) => self.more += 1,
+        }
+    }
+
+    fn reason(self) -> Option<ReasonString> {
+        let first = self.first?;
+        Some(ReasonString::new(match self.more {
+            0 => first,
+            more => format!("{first} (and {more} more)"),
+        }))
     }
 }
 
@@ -1112,6 +1195,7 @@ mod tests {
                     receive_maximum: 1,
                     maximum_packet_size: 0,
                     topic_alias_maximum: 0,
+                    reason_string: Some(refusal.reason_string()),
                 };
                 let mut buf = BytesMut::new();
                 Encoder::new(version, 0).encode(connack, &mut buf).unwrap();

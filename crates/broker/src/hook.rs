@@ -28,6 +28,12 @@ impl IngestError {
             Self::Unavailable => 0x80,
         }
     }
+
+    /// The MQTT 5 Reason String with [`IngestError::reason_code`]: the error's message,
+    /// which names no internal cause.
+    pub fn reason_string(self) -> telehub_mqtt::ReasonString {
+        telehub_mqtt::ReasonString::new(self.to_string())
+    }
 }
 
 /// Resolves when the hub has durably taken the message (or failed to).

@@ -558,6 +558,11 @@ pub(crate) struct QuotaExceeded;
 impl QuotaExceeded {
     /// The MQTT 5 PUBACK / PUBREC reason code: 0x97 Quota exceeded (3.4.2.1, 3.5.2.1).
     pub(crate) const REASON_CODE: u8 = 0x97;
+
+    /// The MQTT 5 Reason String that goes with [`QuotaExceeded::REASON_CODE`].
+    pub(crate) fn reason_string() -> telehub_mqtt::ReasonString {
+        telehub_mqtt::ReasonString::new("message queues are full: not accepted, try again later")
+    }
 }
 
 /// Routes one accepted message: retained store, ingest hook, then every matching

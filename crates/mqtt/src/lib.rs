@@ -20,7 +20,8 @@ pub mod session;
 
 pub use codec::{Decoder, Encoder};
 pub use packet::{
-    ConnAckCode, Connect, Inbound, Outbound, ProtocolVersion, PublishIn, SubAckCode, SubOptions, Will,
+    ConnAckCode, Connect, Inbound, Outbound, ProtocolVersion, PublishIn, ReasonString, SubAckCode,
+    SubOptions, Will,
 };
 pub use reason::ProtocolError;
 pub use session::{

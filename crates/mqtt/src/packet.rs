@@ -61,6 +61,13 @@ pub struct Connect {
     pub maximum_packet_size: Option<u32>,
     /// MQTT 5 Topic Alias Maximum of the client.
     pub topic_alias_maximum: u16,
+    /// MQTT 5 Request Problem Information (true when absent, and for 3.x): false forbids
+    /// Reason Strings and User Properties on everything but PUBLISH, CONNACK and
+    /// DISCONNECT ([MQTT-3.1.2-29]).
+    pub request_problem_information: bool,
+    /// MQTT 5 Request Response Information. The broker returns no Response
+    /// Information, which the spec allows whatever the client asks.
+    pub request_response_information: bool,
 }
 
 /// MQTT 5 subscription options (3.x subscriptions carry only the QoS).
@@ -188,6 +195,46 @@ pub enum SubAckCode {
     Failure,
 }
 
+/// An MQTT 5 Reason String (property 0x1F): a short, human-readable explanation sent
+/// with an error reason code. It is built only when something is refused, never on the
+/// success path, and never holds secrets (no passwords, tokens or internal errors).
+///
+/// The encoder drops it when the client asked for no problem information, or when it
+/// would take the packet over the client's Maximum Packet Size; 3.x clients never see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReasonString(Box<str>);
+
+impl ReasonString {
+    /// The longest text kept, in bytes; longer ones are cut (a long topic, say).
+    pub const MAX_LEN: usize = 160;
+
+    /// A reason string saying `text`, cut to [`ReasonString::MAX_LEN`] bytes (at a
+    /// character boundary, ending in `...`).
+    pub fn new(text: impl Into<String>) -> Self {
+        let mut text = text.into();
+        if text.len() > Self::MAX_LEN {
+            let mut end = Self::MAX_LEN - 3;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push_str("...");
+        }
+        Self(text.into_boxed_str())
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<ReasonString> for ByteString {
+    fn from(r: ReasonString) -> Self {
+        Self::from(String::from(r.0))
+    }
+}
+
 /// A packet we send to a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outbound {
@@ -207,6 +254,8 @@ pub enum Outbound {
         maximum_packet_size: u32,
         /// MQTT 5 Topic Alias Maximum: aliases the client may use towards us.
         topic_alias_maximum: u16,
+        /// MQTT 5 Reason String, for a refusal.
+        reason_string: Option<ReasonString>,
     },
     /// A delivery.
     Publish {
@@ -226,20 +275,22 @@ pub enum Outbound {
         /// publisher's value.
         message_expiry: Option<Duration>,
     },
-    /// PUBACK (with an MQTT 5 reason code).
-    PubAck(u16, u8),
-    /// PUBREC (with an MQTT 5 reason code).
-    PubRec(u16, u8),
+    /// PUBACK (with an MQTT 5 reason code, and a reason string for an error).
+    PubAck(u16, u8, Option<ReasonString>),
+    /// PUBREC (with an MQTT 5 reason code, and a reason string for an error).
+    PubRec(u16, u8, Option<ReasonString>),
     /// PUBREL.
     PubRel(u16),
-    /// PUBCOMP (reason 0x92 when the id is unknown).
-    PubComp(u16, u8),
-    /// SUBACK.
-    SubAck(u16, Vec<SubAckCode>),
-    /// UNSUBACK with MQTT 5 per-filter results (0x00 success, 0x11 no subscription existed).
-    UnsubAck(u16, Vec<u8>),
+    /// PUBCOMP (reason 0x92 when the id is unknown, with a reason string).
+    PubComp(u16, u8, Option<ReasonString>),
+    /// SUBACK, with one reason string for the filters refused.
+    SubAck(u16, Vec<SubAckCode>, Option<ReasonString>),
+    /// UNSUBACK with MQTT 5 per-filter results (0x00 success, 0x11 no subscription
+    /// existed, 0x8F invalid filter) and a reason string for the errors.
+    UnsubAck(u16, Vec<u8>, Option<ReasonString>),
     /// PINGRESP.
     PingResp,
-    /// MQTT 5 DISCONNECT with a reason code (never sent to 3.x clients).
-    Disconnect(u8),
+    /// MQTT 5 DISCONNECT with a reason code and reason string (never sent to 3.x
+    /// clients).
+    Disconnect(u8, Option<ReasonString>),
 }

@@ -1,8 +1,10 @@
 //! [`ProtocolError`]: every way a client can break the protocol, and the one place that
-//! maps each to its MQTT 5 reason code.
+//! maps each to its MQTT 5 reason code and Reason String.
 
 use rmqtt_codec::error::DecodeError;
 use rmqtt_codec::v5::DisconnectReasonCode;
+
+use crate::ReasonString;
 
 /// A packet or a sequence of packets that breaks the MQTT spec. The connection is closed
 /// (after a DISCONNECT with [`ProtocolError::reason_code`] on MQTT 5, where the spec has one).
@@ -26,7 +28,7 @@ pub enum ProtocolError {
     #[error("unsupported protocol name or level")]
     UnsupportedProtocol,
     /// A packet is larger than the configured maximum.
-    #[error("packet of {size} bytes exceeds the maximum of {max}")]
+    #[error("packet of {size} bytes exceeds the maximum packet size of {max} bytes")]
     PacketTooLarge {
         /// Remaining length announced by the packet.
         size: u32,
@@ -49,9 +51,22 @@ pub enum ProtocolError {
     /// Receive Maximum allows.
     #[error("receive maximum exceeded")]
     ReceiveMaximumExceeded,
-    /// An MQTT 5 topic alias that is 0, above our maximum, or not yet defined.
-    #[error("invalid topic alias")]
-    TopicAliasInvalid,
+    /// [MQTT-3.3.2-9] an MQTT 5 topic alias that is 0 or above the Topic Alias Maximum
+    /// we announced.
+    #[error("topic alias {alias} is not in 1..={max}")]
+    TopicAliasOutOfRange {
+        /// The alias sent.
+        alias: u16,
+        /// Our Topic Alias Maximum.
+        max: u16,
+    },
+    /// An MQTT 5 topic alias used with an empty topic before a PUBLISH defined it on
+    /// this connection.
+    #[error("topic alias {alias} is not defined")]
+    TopicAliasUndefined {
+        /// The alias sent.
+        alias: u16,
+    },
     /// [MQTT-3.8.3-4] No Local on a shared subscription.
     #[error("no local set on a shared subscription")]
     SharedNoLocal,
@@ -76,9 +91,17 @@ impl ProtocolError {
             Self::PacketTooLarge { .. } => DisconnectReasonCode::PacketTooLarge,
             Self::InvalidTopicName => DisconnectReasonCode::TopicNameInvalid,
             Self::ReceiveMaximumExceeded => DisconnectReasonCode::ReceiveMaximumExceeded,
-            Self::TopicAliasInvalid => DisconnectReasonCode::TopicAliasInvalid,
+            Self::TopicAliasOutOfRange { .. } | Self::TopicAliasUndefined { .. } => {
+                DisconnectReasonCode::TopicAliasInvalid
+            }
             Self::KeepAliveTimeout => DisconnectReasonCode::KeepAliveTimeout,
         }
+    }
+
+    /// The MQTT 5 Reason String sent with the DISCONNECT: the error's message, which
+    /// names only what the client itself sent (sizes, aliases), never server state.
+    pub fn reason_string(self) -> ReasonString {
+        ReasonString::new(self.to_string())
     }
 }
 

@@ -1,7 +1,8 @@
 //! End-to-end tests driving the built `telehub` with Eclipse Paho's Python client running
 //! tutorial code from `tests/python/`: the Raspberry Pi sensor tutorial (JSON reading on
 //! `sensor/data`) and the IoT-for-Beginners night-light lesson (telemetry in, LED command
-//! out through a server script).
+//! out through a server script); and an MQTT 5 client reading the Reason String of a
+//! refused subscription.
 
 mod common;
 
@@ -82,5 +83,31 @@ fn nightlight_lesson_server_turns_the_led_on_in_the_dark() {
     server.expect_stdout("the server to see the dark device", |l| l == "Message received: {'light': 250}");
     server.expect_stdout("the server to see the bright device", |l| l == "Message received: {'light': 500}");
     drop(server);
+    assert_eq!(hub.stop().status.code(), Some(0));
+}
+
+#[test]
+fn mqtt_3_9_2_1_paho_v5_sees_the_reason_string_of_a_refused_subscription() {
+    let hub = Telehub::start();
+    for (args, reason) in [
+        (&[][..], "reason: topic filter 2: invalid shared subscription: expected $share/{group}/{filter}"),
+        // [MQTT-3.1.2-29] Request Problem Information 0: no reason string on SUBACK
+        (&["quiet"][..], "reason: none"),
+    ] {
+        let out = common::run(&mut script(&hub, "mqtt5_reason_strings.py", args));
+        assert!(
+            out.status.success(),
+            "paho failed: {:?}\n{}\n{}",
+            out.status,
+            out.stdout_text(),
+            out.stderr_text()
+        );
+        assert!(
+            out.stdout.contains(&"codes: Granted QoS 0, Topic filter invalid".to_owned()),
+            "{}",
+            out.stdout_text()
+        );
+        assert!(out.stdout.contains(&reason.to_owned()), "{args:?}:\n{}", out.stdout_text());
+    }
     assert_eq!(hub.stop().status.code(), Some(0));
 }

@@ -88,6 +88,8 @@ pub struct Connect {
     session_expiry: Option<u32>,
     username: Option<String>,
     password: Option<Vec<u8>>,
+    /// Further MQTT 5 property bytes, as given.
+    properties: Vec<u8>,
 }
 
 impl Connect {
@@ -111,6 +113,7 @@ impl Connect {
             session_expiry: None,
             username: None,
             password: None,
+            properties: Vec::new(),
         }
     }
 
@@ -149,6 +152,45 @@ impl Connect {
     pub fn session_expiry(mut self, secs: u32) -> Self {
         assert!(self.version.is_v5(), "session expiry is an MQTT 5 property");
         self.session_expiry = Some(secs);
+        self
+    }
+
+    /// MQTT 5 Maximum Packet Size (property 0x27).
+    ///
+    /// # Panics
+    ///
+    /// On an MQTT 3.1.1 CONNECT, which has no properties.
+    #[must_use]
+    pub fn maximum_packet_size(self, bytes: u32) -> Self {
+        let [a, b, c, d] = bytes.to_be_bytes();
+        self.property(&[0x27, a, b, c, d])
+    }
+
+    /// MQTT 5 Request Problem Information (property 0x17); any byte, so that invalid
+    /// values can be sent.
+    ///
+    /// # Panics
+    ///
+    /// On an MQTT 3.1.1 CONNECT, which has no properties.
+    #[must_use]
+    pub fn request_problem_information(self, value: u8) -> Self {
+        self.property(&[0x17, value])
+    }
+
+    /// MQTT 5 Request Response Information (property 0x19); any byte, so that invalid
+    /// values can be sent.
+    ///
+    /// # Panics
+    ///
+    /// On an MQTT 3.1.1 CONNECT, which has no properties.
+    #[must_use]
+    pub fn request_response_information(self, value: u8) -> Self {
+        self.property(&[0x19, value])
+    }
+
+    fn property(mut self, bytes: &[u8]) -> Self {
+        assert!(self.version.is_v5(), "CONNECT properties are MQTT 5");
+        self.properties.extend_from_slice(bytes);
         self
     }
 
@@ -195,6 +237,7 @@ impl Connect {
                 props.push(0x11);
                 props.extend_from_slice(&secs.to_be_bytes());
             }
+            props.extend_from_slice(&self.properties);
             varint(props.len(), &mut body);
             body.extend_from_slice(&props);
         }

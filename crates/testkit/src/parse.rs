@@ -56,6 +56,10 @@ pub mod property {
     pub const RECEIVE_MAXIMUM: u8 = 0x21;
     /// Maximum Packet Size (four-byte integer).
     pub const MAXIMUM_PACKET_SIZE: u8 = 0x27;
+    /// Response Information (UTF-8 string).
+    pub const RESPONSE_INFORMATION: u8 = 0x1a;
+    /// Reason String (UTF-8 string).
+    pub const REASON_STRING: u8 = 0x1f;
 }
 
 /// One packet as framed on the wire: the first byte (type and flags) and the bytes
@@ -145,6 +149,39 @@ impl Packet {
             }
             _ => panic!("{self:?} has no reason code"),
         }
+    }
+
+    /// The MQTT 5 properties of a CONNACK, an ack (PUBACK, PUBREC, PUBREL, PUBCOMP,
+    /// SUBACK, UNSUBACK), a DISCONNECT or an AUTH; empty when the packet is short enough
+    /// to leave them out, as the spec allows for acks and DISCONNECT.
+    ///
+    /// # Panics
+    ///
+    /// For other packets, or when the properties do not parse.
+    pub fn properties(&self) -> Properties {
+        let mut r = Reader::new(self);
+        match self.kind() {
+            kind::CONNACK => {
+                r.take(2);
+            }
+            kind::PUBACK | kind::PUBREC | kind::PUBREL | kind::PUBCOMP => {
+                if self.body.len() <= 3 {
+                    return Properties::default();
+                }
+                r.take(3);
+            }
+            kind::SUBACK | kind::UNSUBACK => {
+                r.take(2);
+            }
+            kind::DISCONNECT | kind::AUTH => {
+                if self.body.len() <= 1 {
+                    return Properties::default();
+                }
+                r.take(1);
+            }
+            _ => panic!("{self:?} has no properties"),
+        }
+        r.properties()
     }
 
     /// Decodes a CONNACK.

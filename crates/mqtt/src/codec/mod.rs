@@ -163,6 +163,8 @@ fn v3_in(packet: v3::Packet) -> Result<Inbound, ProtocolError> {
                 receive_maximum: u16::MAX,
                 maximum_packet_size: None,
                 topic_alias_maximum: 0,
+                request_problem_information: true,
+                request_response_information: false,
             }))
         }
         P::Publish(p) => Inbound::Publish(Box::new(PublishIn {
@@ -240,6 +242,9 @@ fn v5_in(packet: v5::Packet) -> Result<Inbound, ProtocolError> {
                 receive_maximum: c.receive_max.map_or(u16::MAX, NonZeroU16::get),
                 maximum_packet_size: c.max_packet_size.map(NonZeroU32::get),
                 topic_alias_maximum: c.topic_alias_max,
+                // the codec refuses values other than 0 and 1 (§3.1.2.11.6, §3.1.2.11.7)
+                request_problem_information: c.request_problem_info,
+                request_response_information: c.request_response_info,
             }))
         }
         P::Publish(p) => {
@@ -298,6 +303,10 @@ pub struct Encoder {
     codec: WireEncoder,
     /// MQTT 5 topic aliases we assigned towards this client (server → client).
     aliases: Option<TopicAliases>,
+    /// The client's MQTT 5 Maximum Packet Size, whole packets (0: none).
+    max_packet_size: u32,
+    /// MQTT 5 Request Problem Information of the client ([MQTT-3.1.2-29]).
+    problem_information: bool,
 }
 
 /// Topic aliases of one connection: the first `max` distinct topics sent get an alias,
@@ -314,11 +323,20 @@ impl Encoder {
     /// Size (0 for none).
     pub fn new(version: ProtocolVersion, max_packet_size: u32) -> Self {
         let codec = if version.is_v5() {
-            WireEncoder::V5(v5::Codec::new(0, max_packet_size))
+            // no limit in the codec: `encode` checks whole packets against the client's
+            // maximum itself (the codec would compare the remaining length only)
+            WireEncoder::V5(v5::Codec::new(0, 0))
         } else {
             WireEncoder::V3(v3::Codec::new(0))
         };
-        Self { codec, aliases: None }
+        Self { codec, aliases: None, max_packet_size, problem_information: true }
+    }
+
+    /// Applies the client's MQTT 5 Request Problem Information: when false, no Reason
+    /// String goes on anything but PUBLISH, CONNACK and DISCONNECT ([MQTT-3.1.2-29]).
+    pub fn with_problem_information(mut self, requested: bool) -> Self {
+        self.problem_information = requested;
+        self
     }
 
     /// Lets the encoder assign up to `max` topic aliases (the client's MQTT 5 Topic Alias
@@ -331,11 +349,15 @@ impl Encoder {
     }
 
     /// Appends the encoding of `packet` to `buf`. A DISCONNECT to a 3.x client encodes to
-    /// nothing: 3.x has no server DISCONNECT.
+    /// nothing: 3.x has no server DISCONNECT. A Reason String is left out when the
+    /// client asked for no problem information ([MQTT-3.1.2-29]) or when it would take
+    /// the packet over the client's Maximum Packet Size ([MQTT-3.2.2-19], [MQTT-3.4.2-2],
+    /// [MQTT-3.5.2-2], [MQTT-3.7.2-2], [MQTT-3.9.2-1], [MQTT-3.11.2-1], [MQTT-3.14.2-3]).
     ///
     /// # Errors
     ///
-    /// The codec's [`EncodeError`], e.g. a packet over the client's maximum size.
+    /// The codec's [`EncodeError`], or [`EncodeError::OverMaxPacketSize`] for a packet
+    /// over the client's Maximum Packet Size ([MQTT-3.1.2-24]); `buf` is then unchanged.
     pub fn encode(&mut self, packet: Outbound, buf: &mut BytesMut) -> Result<(), EncodeError> {
         match &mut self.codec {
             WireEncoder::V3(codec) => match v3_out(packet) {
@@ -344,11 +366,25 @@ impl Encoder {
             },
             WireEncoder::V5(codec) => {
                 let mut wire = v5_out(packet);
+                if !self.problem_information {
+                    strip_problem_information(&mut wire);
+                }
                 let assigned = match (&mut wire, &mut self.aliases) {
                     (v5::Packet::Publish(p), Some(aliases)) => aliases.apply(p),
                     _ => None,
                 };
-                let result = codec.encode(wire, buf);
+                // only packets that say why something failed carry a reason string, so
+                // the copy is made on error paths only
+                let has_reason = reason_string_of(&mut wire).is_some_and(|r| r.is_some());
+                let without_reason = (self.max_packet_size > 0 && has_reason).then(|| {
+                    let mut bare = wire.clone();
+                    take_reason_string(&mut bare);
+                    bare
+                });
+                let mut result = encode_within(codec, wire, self.max_packet_size, buf);
+                if let (Err(EncodeError::OverMaxPacketSize { .. }), Some(bare)) = (&result, without_reason) {
+                    result = encode_within(codec, bare, self.max_packet_size, buf);
+                }
                 if let (Err(_), Some(topic), Some(aliases)) = (&result, assigned, &mut self.aliases) {
                     // the client never saw this alias defined: forget it
                     aliases.by_topic.remove(&topic);
@@ -356,6 +392,52 @@ impl Encoder {
                 result
             }
         }
+    }
+}
+
+/// Encodes `wire` and refuses it when the whole packet (fixed header included) is over
+/// `max` bytes (0: no limit), leaving `buf` as it was.
+fn encode_within(
+    codec: &mut v5::Codec,
+    wire: v5::Packet,
+    max: u32,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let start = buf.len();
+    codec.encode(wire, buf)?;
+    let size = buf.len() - start;
+    if max > 0 && size > max as usize {
+        buf.truncate(start);
+        return Err(EncodeError::OverMaxPacketSize { size: u32::try_from(size).unwrap_or(u32::MAX), max });
+    }
+    Ok(())
+}
+
+/// The reason string of a packet that can carry one.
+fn reason_string_of(wire: &mut v5::Packet) -> Option<&mut Option<ByteString>> {
+    use v5::Packet as P;
+    match wire {
+        P::ConnectAck(a) => Some(&mut a.reason_string),
+        P::PublishAck(a) | P::PublishReceived(a) => Some(&mut a.reason_string),
+        P::PublishRelease(a) | P::PublishComplete(a) => Some(&mut a.reason_string),
+        P::SubscribeAck(a) => Some(&mut a.reason_string),
+        P::UnsubscribeAck(a) => Some(&mut a.reason_string),
+        P::Disconnect(d) => Some(&mut d.reason_string),
+        _ => None,
+    }
+}
+
+fn take_reason_string(wire: &mut v5::Packet) {
+    if let Some(reason) = reason_string_of(wire) {
+        *reason = None;
+    }
+}
+
+/// [MQTT-3.1.2-29] with Request Problem Information 0, only PUBLISH, CONNACK and
+/// DISCONNECT may carry a Reason String (we send User Properties on PUBLISH only).
+fn strip_problem_information(wire: &mut v5::Packet) {
+    if !matches!(wire, v5::Packet::Publish(_) | v5::Packet::ConnectAck(_) | v5::Packet::Disconnect(_)) {
+        take_reason_string(wire);
     }
 }
 
@@ -422,11 +504,11 @@ fn v3_out(packet: Outbound) -> Option<v3::Packet> {
         Outbound::Publish { message, qos, packet_id, retain, dup, .. } => {
             P::Publish(Box::new(wire_publish(&message, qos, packet_id, retain, dup, None)))
         }
-        Outbound::PubAck(id, _) => P::PublishAck { packet_id: pid(id) },
-        Outbound::PubRec(id, _) => P::PublishReceived { packet_id: pid(id) },
+        Outbound::PubAck(id, ..) => P::PublishAck { packet_id: pid(id) },
+        Outbound::PubRec(id, ..) => P::PublishReceived { packet_id: pid(id) },
         Outbound::PubRel(id) => P::PublishRelease { packet_id: pid(id) },
-        Outbound::PubComp(id, _) => P::PublishComplete { packet_id: pid(id) },
-        Outbound::SubAck(id, codes) => P::SubscribeAck {
+        Outbound::PubComp(id, ..) => P::PublishComplete { packet_id: pid(id) },
+        Outbound::SubAck(id, codes, _) => P::SubscribeAck {
             packet_id: pid(id),
             status: codes
                 .into_iter()
@@ -436,9 +518,9 @@ fn v3_out(packet: Outbound) -> Option<v3::Packet> {
                 })
                 .collect(),
         },
-        Outbound::UnsubAck(id, _) => P::UnsubscribeAck { packet_id: pid(id) },
+        Outbound::UnsubAck(id, ..) => P::UnsubscribeAck { packet_id: pid(id) },
         Outbound::PingResp => P::PingResponse,
-        Outbound::Disconnect(_) => return None,
+        Outbound::Disconnect(..) => return None,
     })
 }
 
@@ -468,6 +550,7 @@ fn v5_out(packet: Outbound) -> v5::Packet {
             receive_maximum,
             maximum_packet_size,
             topic_alias_maximum,
+            reason_string,
         } => {
             let reason_code = match code {
                 ConnAckCode::Success => v5::ConnectAckReason::Success,
@@ -490,6 +573,7 @@ fn v5_out(packet: Outbound) -> v5::Packet {
                 shared_subscription_available: true,
                 subscription_identifiers_available: true,
                 topic_alias_max: topic_alias_maximum,
+                reason_string: reason_string.map(ByteString::from),
                 ..v5::ConnectAck::default()
             }))
         }
@@ -506,19 +590,19 @@ fn v5_out(packet: Outbound) -> v5::Packet {
             });
             P::Publish(Box::new(wire_publish(&message, qos, packet_id, retain, dup, props)))
         }
-        Outbound::PubAck(id, reason) => P::PublishAck(v5::PublishAck {
+        Outbound::PubAck(id, reason, text) => P::PublishAck(v5::PublishAck {
             packet_id: pid(id),
             reason_code: v5::PublishAckReason::try_from(reason)
                 .unwrap_or(v5::PublishAckReason::UnspecifiedError),
             properties: Vec::new(),
-            reason_string: None,
+            reason_string: text.map(ByteString::from),
         }),
-        Outbound::PubRec(id, reason) => P::PublishReceived(v5::PublishAck {
+        Outbound::PubRec(id, reason, text) => P::PublishReceived(v5::PublishAck {
             packet_id: pid(id),
             reason_code: v5::PublishAckReason::try_from(reason)
                 .unwrap_or(v5::PublishAckReason::UnspecifiedError),
             properties: Vec::new(),
-            reason_string: None,
+            reason_string: text.map(ByteString::from),
         }),
         Outbound::PubRel(id) => P::PublishRelease(v5::PublishAck2 {
             packet_id: pid(id),
@@ -526,16 +610,16 @@ fn v5_out(packet: Outbound) -> v5::Packet {
             properties: Vec::new(),
             reason_string: None,
         }),
-        Outbound::PubComp(id, reason) => P::PublishComplete(v5::PublishAck2 {
+        Outbound::PubComp(id, reason, text) => P::PublishComplete(v5::PublishAck2 {
             packet_id: pid(id),
             reason_code: v5::PublishAck2Reason::try_from(reason).unwrap_or(v5::PublishAck2Reason::Success),
             properties: Vec::new(),
-            reason_string: None,
+            reason_string: text.map(ByteString::from),
         }),
-        Outbound::SubAck(id, codes) => P::SubscribeAck(v5::SubscribeAck {
+        Outbound::SubAck(id, codes, text) => P::SubscribeAck(v5::SubscribeAck {
             packet_id: pid(id),
             properties: Vec::new(),
-            reason_string: None,
+            reason_string: text.map(ByteString::from),
             status: codes
                 .into_iter()
                 .map(|c| match c {
@@ -549,10 +633,10 @@ fn v5_out(packet: Outbound) -> v5::Packet {
                 })
                 .collect(),
         }),
-        Outbound::UnsubAck(id, codes) => P::UnsubscribeAck(v5::UnsubscribeAck {
+        Outbound::UnsubAck(id, codes, text) => P::UnsubscribeAck(v5::UnsubscribeAck {
             packet_id: pid(id),
             properties: Vec::new(),
-            reason_string: None,
+            reason_string: text.map(ByteString::from),
             status: codes
                 .into_iter()
                 .map(|c| {
@@ -562,9 +646,13 @@ fn v5_out(packet: Outbound) -> v5::Packet {
                 .collect(),
         }),
         Outbound::PingResp => P::PingResponse,
-        Outbound::Disconnect(reason) => P::Disconnect(v5::Disconnect::new(
-            v5::DisconnectReasonCode::try_from(reason).unwrap_or(v5::DisconnectReasonCode::UnspecifiedError),
-        )),
+        Outbound::Disconnect(reason, text) => P::Disconnect(v5::Disconnect {
+            reason_string: text.map(ByteString::from),
+            ..v5::Disconnect::new(
+                v5::DisconnectReasonCode::try_from(reason)
+                    .unwrap_or(v5::DisconnectReasonCode::UnspecifiedError),
+            )
+        }),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Codec tests on raw bytes, so our own encoder cannot hide a decoder bug.
 
 use super::*;
+use crate::ReasonString;
 
 const CONNECT_V311: &[u8] = b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x3c\x00\x03abc";
 const CONNECT_V31: &[u8] = b"\x10\x11\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x03abc";
@@ -173,6 +174,7 @@ fn encoder_writes_v311_connack_and_suback_bytes() {
             receive_maximum: 10,
             maximum_packet_size: 1024,
             topic_alias_maximum: 0,
+            reason_string: None,
         },
         &mut buf,
     )
@@ -180,13 +182,17 @@ fn encoder_writes_v311_connack_and_suback_bytes() {
     assert_eq!(&buf[..], b"\x20\x02\x01\x00");
     buf.clear();
     e.encode(
-        Outbound::SubAck(7, vec![SubAckCode::Granted(QoS::ExactlyOnce), SubAckCode::TopicFilterInvalid]),
+        Outbound::SubAck(
+            7,
+            vec![SubAckCode::Granted(QoS::ExactlyOnce), SubAckCode::TopicFilterInvalid],
+            None,
+        ),
         &mut buf,
     )
     .unwrap();
     assert_eq!(&buf[..], b"\x90\x04\x00\x07\x02\x80");
     buf.clear();
-    e.encode(Outbound::Disconnect(0x8b), &mut buf).unwrap();
+    e.encode(Outbound::Disconnect(0x8b, None), &mut buf).unwrap();
     assert!(buf.is_empty(), "3.x has no server DISCONNECT");
 }
 
@@ -203,6 +209,7 @@ fn mqtt_3_2_2_4_refused_connack_never_says_session_present() {
             receive_maximum: 10,
             maximum_packet_size: 1024,
             topic_alias_maximum: 0,
+            reason_string: None,
         },
         &mut buf,
     )
@@ -230,6 +237,7 @@ fn refused_connack_codes_per_version() {
                 receive_maximum: 1,
                 maximum_packet_size: 0,
                 topic_alias_maximum: 0,
+                reason_string: None,
             };
             Encoder::new(version, 0).encode(connack, &mut buf).unwrap();
             // fixed header, one-byte remaining length, flags, then the code
@@ -252,6 +260,7 @@ fn v5_connack_never_carries_a_zero_maximum_packet_size() {
             receive_maximum: 1,
             maximum_packet_size: limit,
             topic_alias_maximum: 0,
+            reason_string: None,
         };
         Encoder::new(ProtocolVersion::V5, 0).encode(connack, &mut buf).unwrap();
         let has = |p: &[u8]| buf.windows(p.len()).any(|w| w == p);
@@ -266,7 +275,7 @@ fn v5_connack_never_carries_a_zero_maximum_packet_size() {
 fn encoder_writes_v5_disconnect_with_reason() {
     let mut e = Encoder::new(ProtocolVersion::V5, 0);
     let mut buf = BytesMut::new();
-    e.encode(Outbound::Disconnect(0x8e), &mut buf).unwrap();
+    e.encode(Outbound::Disconnect(0x8e, None), &mut buf).unwrap();
     assert_eq!(buf[0], 0xe0, "DISCONNECT");
     assert_eq!(buf[2], 0x8e, "reason code follows the remaining length");
 }
@@ -404,5 +413,152 @@ fn fuzz_entry_points_survive_a_deterministic_sweep() {
         let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
         crate::fuzz::decode(&data);
         crate::fuzz::session(&data);
+    }
+}
+
+fn reason(text: &str) -> Option<ReasonString> {
+    Some(ReasonString::new(text))
+}
+
+/// The error packets that can say why, each with `text` as its reason string.
+fn refusals(text: &str) -> Vec<(&'static str, Outbound)> {
+    vec![
+        (
+            "CONNACK",
+            Outbound::ConnAck {
+                session_present: false,
+                code: ConnAckCode::NotAuthorized,
+                assigned_client_id: None,
+                server_keep_alive: None,
+                receive_maximum: 1,
+                maximum_packet_size: 0,
+                topic_alias_maximum: 0,
+                reason_string: reason(text),
+            },
+        ),
+        ("PUBACK", Outbound::PubAck(1, 0x87, reason(text))),
+        ("PUBREC", Outbound::PubRec(1, 0x97, reason(text))),
+        ("PUBCOMP", Outbound::PubComp(1, 0x92, reason(text))),
+        ("SUBACK", Outbound::SubAck(1, vec![SubAckCode::NotAuthorized], reason(text))),
+        ("UNSUBACK", Outbound::UnsubAck(1, vec![0x8f], reason(text))),
+        ("DISCONNECT", Outbound::Disconnect(0x8e, reason(text))),
+    ]
+}
+
+/// Property 0x1F with `text`, as it appears on the wire.
+fn reason_property(text: &str) -> Vec<u8> {
+    let mut p = vec![0x1f, 0, u8::try_from(text.len()).unwrap()];
+    p.extend_from_slice(text.as_bytes());
+    p
+}
+
+fn contains(buf: &[u8], part: &[u8]) -> bool {
+    buf.windows(part.len()).any(|w| w == part)
+}
+
+#[test]
+fn v5_error_packets_carry_their_reason_string() {
+    let text = "not authorized to publish to a/b";
+    for (name, packet) in refusals(text) {
+        let mut buf = BytesMut::new();
+        Encoder::new(ProtocolVersion::V5, 0).encode(packet, &mut buf).unwrap();
+        assert!(contains(&buf, &reason_property(text)), "{name} without its reason string: {buf:02x?}");
+    }
+}
+
+#[test]
+fn v5_puback_with_reason_string_is_exact() {
+    let mut buf = BytesMut::new();
+    Encoder::new(ProtocolVersion::V5, 0).encode(Outbound::PubAck(1, 0x87, reason("no")), &mut buf).unwrap();
+    // id, reason code, property length 5, Reason String "no"
+    assert_eq!(&buf[..], b"\x40\x09\x00\x01\x87\x05\x1f\x00\x02no");
+}
+
+#[test]
+fn v5_reason_strings_decode_in_a_client_codec() {
+    // the bytes decode as the same packet in a client's codec (here: rmqtt-codec's own)
+    let mut buf = BytesMut::new();
+    let mut e = Encoder::new(ProtocolVersion::V5, 0);
+    e.encode(Outbound::SubAck(3, vec![SubAckCode::TopicFilterInvalid], reason("bad filter")), &mut buf)
+        .unwrap();
+    let (packet, _) = v5::Codec::new(0, 0).decode(&mut buf).unwrap().unwrap();
+    let v5::Packet::SubscribeAck(ack) = packet else { panic!("not a SUBACK: {packet:?}") };
+    assert_eq!(ack.reason_string.as_deref(), Some("bad filter"));
+    assert_eq!(ack.status, vec![v5::SubscribeAckReason::TopicFilterInvalid]);
+}
+
+#[test]
+fn v3_packets_never_carry_reason_strings() {
+    let mut e = Encoder::new(ProtocolVersion::V3_1_1, 0);
+    let mut buf = BytesMut::new();
+    e.encode(Outbound::PubAck(1, 0x87, reason("no")), &mut buf).unwrap();
+    assert_eq!(&buf[..], b"\x40\x02\x00\x01");
+}
+
+#[test]
+fn mqtt_3_1_2_29_without_problem_information_only_connack_and_disconnect_say_why() {
+    let text = "refused";
+    for (name, packet) in refusals(text) {
+        let mut buf = BytesMut::new();
+        let mut e = Encoder::new(ProtocolVersion::V5, 0).with_problem_information(false);
+        e.encode(packet, &mut buf).unwrap();
+        let kept = contains(&buf, &reason_property(text));
+        let may_keep = matches!(name, "CONNACK" | "DISCONNECT");
+        assert_eq!(kept, may_keep, "{name}: reason string kept = {kept}: {buf:02x?}");
+        assert!(!contains(&buf, &[0x1f]) || may_keep, "{name} still has a Reason String: {buf:02x?}");
+    }
+}
+
+#[test]
+fn reason_string_is_dropped_when_it_would_exceed_the_client_maximum_packet_size() {
+    // [MQTT-3.2.2-19], [MQTT-3.4.2-2], [MQTT-3.5.2-2], [MQTT-3.7.2-2], [MQTT-3.9.2-1],
+    // [MQTT-3.11.2-1], [MQTT-3.14.2-3]
+    let text = "a reason string far too long for the client";
+    for (name, packet) in refusals(text) {
+        let mut full = BytesMut::new();
+        Encoder::new(ProtocolVersion::V5, 0).encode(packet.clone(), &mut full).unwrap();
+        let fits = u32::try_from(full.len()).unwrap();
+        // exactly the size with the string: kept
+        let mut buf = BytesMut::new();
+        Encoder::new(ProtocolVersion::V5, fits).encode(packet.clone(), &mut buf).unwrap();
+        assert_eq!(buf, full, "{name} at exactly its size");
+        // one byte less: sent without it, and within the limit
+        buf.clear();
+        Encoder::new(ProtocolVersion::V5, fits - 1).encode(packet, &mut buf).unwrap();
+        assert!(!contains(&buf, &reason_property(text)), "{name} kept its reason string: {buf:02x?}");
+        assert!(buf.len() < full.len() && buf[0] == full[0], "{name} sent as {buf:02x?}");
+    }
+}
+
+#[test]
+fn mqtt_3_1_2_24_packet_over_the_client_maximum_counts_its_fixed_header() {
+    // remaining length 7 fits a maximum of 8, the whole packet (9 bytes) does not
+    let mut buf = BytesMut::from(&b"keep"[..]);
+    let err = Encoder::new(ProtocolVersion::V5, 8).encode(publish_to("a/b"), &mut buf).unwrap_err();
+    assert!(matches!(err, EncodeError::OverMaxPacketSize { size: 9, max: 8 }), "{err:?}");
+    assert_eq!(&buf[..], b"keep", "nothing of the refused packet is left in the buffer");
+    Encoder::new(ProtocolVersion::V5, 9).encode(publish_to("a/b"), &mut buf).unwrap();
+    assert_eq!(buf.len(), 4 + 9);
+}
+
+#[test]
+fn v5_connect_carries_the_problem_and_response_information_requests() {
+    // properties: Request Problem Information 0, Request Response Information 1
+    let connect = b"\x10\x14\x00\x04MQTT\x05\x02\x00\x3c\x04\x17\x00\x19\x01\x00\x03abc";
+    let [Inbound::Connect(c)] = &decode_all(connect).unwrap()[..] else { panic!("no CONNECT") };
+    assert!(!c.request_problem_information);
+    assert!(c.request_response_information);
+    // absent: problem information is requested, response information is not
+    let [Inbound::Connect(c)] = &decode_all(CONNECT_V5).unwrap()[..] else { panic!("no CONNECT") };
+    assert!(c.request_problem_information);
+    assert!(!c.request_response_information);
+}
+
+#[test]
+fn request_information_other_than_0_or_1_is_refused() {
+    for property in [0x17, 0x19] {
+        let connect =
+            [&b"\x10\x12\x00\x04MQTT\x05\x02\x00\x3c\x02"[..], &[property, 0x02], b"\x00\x03abc"].concat();
+        assert_eq!(decode_all(&connect), Err(ProtocolError::MalformedPacket), "property {property:#04x}");
     }
 }
