@@ -134,6 +134,7 @@ async fn open(
     cancel: CancellationToken,
 ) {
     let deadline = Instant::now() + shared.config.connect_timeout;
+    let transport = &transport;
     // a WebSocket message may carry several packets: room for two of the largest
     let max_message = (shared.config.max_packet_size as usize).saturating_mul(2).max(64 * 1024);
     macro_rules! handshake {
@@ -148,22 +149,34 @@ async fn open(
         };
     }
     let mut client = Peer { addr: peer, transport: transport.kind(), cert_sha256: None };
-    match &transport {
+    // The task's future is as big as its biggest arm: the TLS and WebSocket ones (their
+    // handshakes and streams, about 18 KB) are boxed, so that an idle TCP connection
+    // does not carry them.
+    match transport {
         Transport::Tcp => connection::serve(shared, stream.into_split(), client, deadline, cancel).await,
         Transport::Tls(tls) => {
-            let stream = handshake!("TLS", tls.acceptor().accept(stream));
-            client.cert_sha256 = cert_sha256(&stream);
-            connection::serve(shared, tokio::io::split(stream), client, deadline, cancel).await;
+            Box::pin(async move {
+                let stream = handshake!("TLS", tls.acceptor().accept(stream));
+                client.cert_sha256 = cert_sha256(&stream);
+                connection::serve(shared, tokio::io::split(stream), client, deadline, cancel).await;
+            })
+            .await;
         }
         Transport::Ws => {
-            let stream = handshake!("WebSocket", ws::accept(stream, max_message));
-            connection::serve(shared, tokio::io::split(stream), client, deadline, cancel).await;
+            Box::pin(async move {
+                let stream = handshake!("WebSocket", ws::accept(stream, max_message));
+                connection::serve(shared, tokio::io::split(stream), client, deadline, cancel).await;
+            })
+            .await;
         }
         Transport::Wss(tls) => {
-            let stream = handshake!("TLS", tls.acceptor().accept(stream));
-            client.cert_sha256 = cert_sha256(&stream);
-            let stream = handshake!("WebSocket", ws::accept(stream, max_message));
-            connection::serve(shared, tokio::io::split(stream), client, deadline, cancel).await;
+            Box::pin(async move {
+                let stream = handshake!("TLS", tls.acceptor().accept(stream));
+                client.cert_sha256 = cert_sha256(&stream);
+                let stream = handshake!("WebSocket", ws::accept(stream, max_message));
+                connection::serve(shared, tokio::io::split(stream), client, deadline, cancel).await;
+            })
+            .await;
         }
     }
 }

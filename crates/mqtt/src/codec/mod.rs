@@ -119,16 +119,24 @@ impl Decoder {
     }
 }
 
-fn will_message(
-    topic: ByteString,
-    payload: bytes::Bytes,
-    qos: WireQoS,
-    retain: bool,
-) -> Result<Message, ProtocolError> {
+/// A copy of `s` in an allocation of its own. What a packet leaves behind for the life of
+/// a connection or a subscription (client id, will, topic filters) must not keep alive
+/// the whole read buffer it was decoded from (several KB per idle connection otherwise).
+/// PUBLISH topics and payloads stay zero-copy: they are gone once delivered.
+fn own(s: &str) -> ByteString {
+    ByteString::from(s)
+}
+
+/// [`own`] for bytes.
+fn own_bytes(b: &[u8]) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(b)
+}
+
+fn will_message(topic: &str, payload: &[u8], qos: WireQoS, retain: bool) -> Result<Message, ProtocolError> {
     Ok(Message {
         // [MQTT-3.1.2-?] the will topic is a topic name: no wildcards
-        topic: TopicName::new(topic).map_err(|_| ProtocolError::InvalidTopicName)?,
-        payload,
+        topic: TopicName::new(own(topic)).map_err(|_| ProtocolError::InvalidTopicName)?,
+        payload: own_bytes(payload),
         qos: qos_in(qos),
         retain,
         properties: MessageProperties::default(),
@@ -146,7 +154,7 @@ fn v3_in(packet: v3::Packet) -> Result<Inbound, ProtocolError> {
             };
             let will = match c.last_will {
                 Some(w) => Some(Will {
-                    message: will_message(w.topic, w.message, w.qos, w.retain)?,
+                    message: will_message(&w.topic, &w.message, w.qos, w.retain)?,
                     delay: Duration::ZERO,
                 }),
                 None => None,
@@ -155,9 +163,9 @@ fn v3_in(packet: v3::Packet) -> Result<Inbound, ProtocolError> {
                 version,
                 clean_start: c.clean_session,
                 keep_alive: c.keep_alive,
-                client_id: ClientId::new(c.client_id),
-                username: c.username,
-                password: c.password,
+                client_id: ClientId::new(own(&c.client_id)),
+                username: c.username.as_deref().map(own),
+                password: c.password.as_deref().map(own_bytes),
                 will,
                 session_expiry: 0,
                 receive_maximum: u16::MAX,
@@ -183,7 +191,10 @@ fn v3_in(packet: v3::Packet) -> Result<Inbound, ProtocolError> {
         P::PublishComplete { packet_id } => Inbound::PubComp(packet_id.get()),
         P::Subscribe { packet_id, topic_filters } => Inbound::Subscribe {
             packet_id: packet_id.get(),
-            filters: topic_filters.into_iter().map(|(f, q)| (f, SubOptions::with_qos(qos_in(q)))).collect(),
+            filters: topic_filters
+                .into_iter()
+                .map(|(f, q)| (own(&f), SubOptions::with_qos(qos_in(q))))
+                .collect(),
             subscription_id: None,
         },
         P::Unsubscribe { packet_id, topic_filters } => {
@@ -214,16 +225,16 @@ fn v5_in(packet: v5::Packet) -> Result<Inbound, ProtocolError> {
         P::Connect(c) => {
             let will = match c.last_will {
                 Some(w) => {
-                    let mut message = will_message(w.topic, w.message, w.qos, w.retain)?;
+                    let mut message = will_message(&w.topic, &w.message, w.qos, w.retain)?;
                     message.properties = MessageProperties {
                         is_utf8_payload: w.is_utf8_payload.unwrap_or(false),
                         message_expiry: w
                             .message_expiry_interval
                             .map(|s| Duration::from_secs(u64::from(s.get()))),
-                        content_type: w.content_type,
-                        response_topic: w.response_topic,
-                        correlation_data: w.correlation_data,
-                        user_properties: w.user_properties,
+                        content_type: w.content_type.as_deref().map(own),
+                        response_topic: w.response_topic.as_deref().map(own),
+                        correlation_data: w.correlation_data.as_deref().map(own_bytes),
+                        user_properties: w.user_properties.iter().map(|(k, v)| (own(k), own(v))).collect(),
                     };
                     let delay = Duration::from_secs(u64::from(w.will_delay_interval_sec.unwrap_or(0)));
                     Some(Will { message, delay })
@@ -234,9 +245,9 @@ fn v5_in(packet: v5::Packet) -> Result<Inbound, ProtocolError> {
                 version: ProtocolVersion::V5,
                 clean_start: c.clean_start,
                 keep_alive: c.keep_alive,
-                client_id: ClientId::new(c.client_id),
-                username: c.username,
-                password: c.password,
+                client_id: ClientId::new(own(&c.client_id)),
+                username: c.username.as_deref().map(own),
+                password: c.password.as_deref().map(own_bytes),
                 will,
                 session_expiry: c.session_expiry_interval_secs,
                 receive_maximum: c.receive_max.map_or(u16::MAX, NonZeroU16::get),
@@ -277,7 +288,7 @@ fn v5_in(packet: v5::Packet) -> Result<Inbound, ProtocolError> {
                         retain_as_published: o.retain_as_published,
                         retain_handling: o.retain_handling as u8,
                     };
-                    (f, opts)
+                    (own(&f), opts)
                 })
                 .collect(),
             subscription_id: s.id.map(NonZeroU32::get),
