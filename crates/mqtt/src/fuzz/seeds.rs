@@ -1,8 +1,11 @@
-//! The fuzz seed corpus as named byte strings: the packet shapes that crashed, hung or
-//! fooled other MQTT brokers (NanoMQ, Mosquitto, EMQX advisories), a few valid packets of
-//! each type, and session operation sequences. `fuzz/seeds/<target>/<name>` holds each
+//! The fuzz seed corpus as named byte strings: the crash classes other MQTT brokers
+//! shipped (NanoMQ's among them, STYLE.md §8), a few valid packets of each type, and
+//! session operation sequences. `fuzz/seeds/<target>/<name>` holds each
 //! one as a file; a unit test checks that those files equal these bytes, and the decoder
 //! and broker tests send the same constants.
+
+use Before::{ConnectV5, ConnectV311, Nothing};
+use Outcome::{Decodes, Refused, Waits};
 
 /// What the decoder has already accepted when a seed's bytes arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,11 +62,8 @@ const fn seed(name: &'static str, before: Before, bytes: &'static [u8], outcome:
     Seed { name, before, bytes, outcome }
 }
 
-use Before::{ConnectV5, ConnectV311, Nothing};
-use Outcome::{Decodes, Refused, Waits};
-
 // Truncated QoS > 0 PUBLISH: the packet id is missing or cut short inside the packet's
-// own remaining length (NanoMQ read the id past the end of the packet).
+// own remaining length (a decoder that trusts the QoS bits reads past the packet).
 
 /// QoS 1 PUBLISH whose remaining length ends after the topic: no packet id.
 pub const PUBLISH_QOS1_WITHOUT_PACKET_ID_V311: Seed =
