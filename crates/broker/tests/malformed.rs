@@ -4,6 +4,7 @@
 //! fresh clients after.
 
 use telehub_broker::Config;
+use telehub_mqtt::fuzz::seeds::{self, Before, Seed};
 use telehub_testkit::parse::property;
 use telehub_testkit::{Connect, Publish, RawClient, TestBroker, Version, build};
 
@@ -31,6 +32,29 @@ async fn assert_unaffected(broker: &TestBroker, mut bystander: RawClient) {
 
 async fn connected(broker: &TestBroker, connect: &Connect) -> RawClient {
     broker.client(connect).await.0
+}
+
+/// Connects as `seed` says comes first (with the seed's name as client id), then sends
+/// its bytes (`telehub_mqtt::fuzz::seeds`, the fuzz corpus of known crash classes).
+async fn send_seed(broker: &TestBroker, seed: Seed) -> RawClient {
+    let mut c = match seed.before {
+        Before::Nothing => broker.raw().await,
+        Before::ConnectV311 => connected(broker, &Connect::v311(seed.name)).await,
+        Before::ConnectV5 => connected(broker, &Connect::v5(seed.name)).await,
+    };
+    c.send(seed.bytes).await;
+    c
+}
+
+/// Sends `seed` and asserts the connection ends: after an MQTT 5 CONNECT with
+/// DISCONNECT `v5_reason`; after a 3.x CONNECT, or for a CONNECT itself, with a plain
+/// close (no CONNACK: [MQTT-3.1.4-1] lets the server close without one).
+async fn assert_seed_closes(broker: &TestBroker, seed: Seed, v5_reason: u8) {
+    let mut c = send_seed(broker, seed).await;
+    match seed.before {
+        Before::ConnectV5 => c.expect_disconnect(v5_reason).await,
+        Before::ConnectV311 | Before::Nothing => c.expect_closed().await,
+    }
 }
 
 #[tokio::test]
@@ -221,5 +245,109 @@ async fn mqtt_4_8_0_1_connack_from_a_client_closes() {
     v5.send(&[0x20, 0x03, 0x00, 0x00, 0x00]).await;
     v5.expect_disconnect(0x82).await;
 
+    assert_unaffected(&broker, by).await;
+}
+
+// The crash classes of the fuzz seed corpus, each against the running broker.
+
+#[tokio::test]
+async fn mqtt_4_8_0_1_qos_publish_without_its_packet_id_closes() {
+    let broker = TestBroker::start().await;
+    let by = bystander(&broker).await;
+    assert_seed_closes(&broker, seeds::PUBLISH_QOS1_WITHOUT_PACKET_ID_V311, 0).await;
+    assert_seed_closes(&broker, seeds::PUBLISH_QOS1_TRUNCATED_PACKET_ID_V311, 0).await;
+    assert_seed_closes(&broker, seeds::PUBLISH_QOS2_WITHOUT_PACKET_ID_V5, 0x81).await;
+    assert_eq!(broker.stats().snapshot().protocol_errors, 3);
+    assert_unaffected(&broker, by).await;
+}
+
+#[tokio::test]
+async fn mqtt_4_8_0_1_subscribe_without_its_options_byte_closes() {
+    let broker = TestBroker::start().await;
+    let by = bystander(&broker).await;
+    assert_seed_closes(&broker, seeds::SUBSCRIBE_WITHOUT_OPTIONS_V311, 0).await;
+    assert_seed_closes(&broker, seeds::SUBSCRIBE_WITHOUT_OPTIONS_V5, 0x81).await;
+    assert_unaffected(&broker, by).await;
+}
+
+#[tokio::test]
+async fn mqtt_1_5_5_bad_variable_byte_integers_close_without_waiting() {
+    let broker = TestBroker::start().await;
+    let by = bystander(&broker).await;
+    // four continuation bytes: refused at once, no wait for a fifth byte
+    assert_seed_closes(&broker, seeds::REMAINING_LENGTH_FOUR_CONTINUATIONS_V311, 0).await;
+    assert_seed_closes(&broker, seeds::CONNECT_REMAINING_LENGTH_FIVE_BYTES, 0).await;
+    // a property length of five bytes
+    assert_seed_closes(&broker, seeds::PROPERTY_LENGTH_FIVE_BYTES_V5, 0x81).await;
+    assert_unaffected(&broker, by).await;
+}
+
+#[tokio::test]
+async fn mqtt_1_5_5_remaining_length_cut_after_a_continuation_byte_waits_then_closes_at_eof() {
+    let broker = TestBroker::start().await;
+    let by = bystander(&broker).await;
+    for seed in [
+        seeds::REMAINING_LENGTH_CONTINUATION_AT_END_V311,
+        seeds::CONNECT_REMAINING_LENGTH_CONTINUATION_AT_END,
+    ] {
+        let mut c = send_seed(&broker, seed).await;
+        // the rest may still come: the connection stays open
+        c.expect_nothing().await;
+        c.shutdown_write().await;
+        c.expect_closed().await;
+    }
+    assert_unaffected(&broker, by).await;
+}
+
+#[tokio::test]
+async fn mqtt_1_5_3_1_invalid_utf8_in_connect_closes_without_connack() {
+    let broker = TestBroker::start().await;
+    let by = bystander(&broker).await;
+    let connects = [
+        seeds::CONNECT_INVALID_UTF8_CLIENT_ID_V311,
+        seeds::CONNECT_INVALID_UTF8_USERNAME_V311,
+        seeds::CONNECT_INVALID_UTF8_WILL_TOPIC_V311,
+        seeds::CONNECT_INVALID_UTF8_CLIENT_ID_V5,
+        seeds::CONNECT_SURROGATE_USERNAME_V5,
+        seeds::CONNECT_INVALID_UTF8_WILL_TOPIC_V5,
+    ];
+    for seed in connects {
+        assert_seed_closes(&broker, seed, 0).await;
+    }
+    assert_eq!(broker.stats().snapshot().protocol_errors, connects.len() as u64);
+    // no will of theirs was published (the bystander subscribes to `#`)
+    assert_unaffected(&broker, by).await;
+}
+
+#[tokio::test]
+async fn mqtt_4_7_3_1_empty_topic_or_filter_closes() {
+    let broker = TestBroker::start().await;
+    let by = bystander(&broker).await;
+    assert_seed_closes(&broker, seeds::PUBLISH_EMPTY_TOPIC_V311, 0).await;
+    assert_seed_closes(&broker, seeds::SUBSCRIBE_EMPTY_FILTER_V311, 0).await;
+    assert_seed_closes(&broker, seeds::SUBSCRIBE_EMPTY_FILTER_V5, 0x81).await;
+    assert_seed_closes(&broker, seeds::UNSUBSCRIBE_EMPTY_FILTER_V5, 0x81).await;
+    assert_unaffected(&broker, by).await;
+}
+
+#[tokio::test]
+async fn mqtt5_3_3_2_3_4_empty_topic_without_topic_alias_is_a_protocol_error() {
+    let broker = TestBroker::start().await;
+    let by = bystander(&broker).await;
+    assert_seed_closes(&broker, seeds::PUBLISH_EMPTY_TOPIC_WITHOUT_ALIAS_V5, 0x82).await;
+    assert_unaffected(&broker, by).await;
+}
+
+#[tokio::test]
+async fn mqtt5_property_included_twice_is_a_protocol_error() {
+    let broker = TestBroker::start().await;
+    let by = bystander(&broker).await;
+    // [MQTT-3.3.2.3.2] two Payload Format Indicators
+    assert_seed_closes(&broker, seeds::PUBLISH_TWO_PAYLOAD_FORMAT_INDICATORS_V5, 0x82).await;
+    // [MQTT-3.8.2.1.2] two Subscription Identifiers
+    assert_seed_closes(&broker, seeds::SUBSCRIBE_TWO_SUBSCRIPTION_IDS_V5, 0x82).await;
+    // [MQTT-3.1.2.11.2] two Session Expiry Intervals: CONNECT, closed without CONNACK
+    assert_seed_closes(&broker, seeds::CONNECT_TWO_SESSION_EXPIRY_INTERVALS_V5, 0).await;
+    assert_eq!(broker.stats().snapshot().protocol_errors, 3);
     assert_unaffected(&broker, by).await;
 }

@@ -7,7 +7,8 @@
 //! * [`codec`]: framing over `rmqtt-codec`: version detection from CONNECT, size limits,
 //!   and the spec rules the codec leaves to us (tagged `[MQTT-x.y.z-n]`).
 //! * [`reason`]: [`ProtocolError`] and its mapping to MQTT 5 reason codes, in one place.
-//! * [`fuzz`]: entry points for the `fuzz/` targets and the unit-test sweeps.
+//! * [`fuzz`]: entry points for the `fuzz/` targets and the unit-test sweeps, and
+//!   [`fuzz::seeds`], the seed corpus of known crash classes.
 //! * [`session`]: one client's session: packet ids, in-flight QoS 1/2 windows,
 //!   the bounded queue of pending deliveries, redelivery on reconnect.
 #![warn(missing_docs)]

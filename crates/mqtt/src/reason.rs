@@ -41,6 +41,14 @@ pub enum ProtocolError {
     /// [MQTT-3.3.2-2] / [MQTT-4.7.3-1] the PUBLISH topic is empty or has wildcards.
     #[error("invalid topic name in PUBLISH")]
     InvalidTopicName,
+    /// [MQTT-3.3.2.3.4] an MQTT 5 PUBLISH with a zero-length topic and no Topic Alias.
+    #[error("empty topic without a topic alias")]
+    EmptyTopicWithoutAlias,
+    /// An MQTT 5 property other than User Property included twice in one packet or
+    /// property block (e.g. [MQTT-3.3.2.3.2] Payload Format Indicator, [MQTT-3.1.2.11.2]
+    /// Session Expiry Interval).
+    #[error("property included twice")]
+    DuplicateProperty,
     /// A packet type a server never receives (CONNACK, SUBACK, ...).
     #[error("packet type not allowed from a client")]
     UnexpectedPacket,
@@ -82,7 +90,10 @@ impl ProtocolError {
             Self::FirstPacketNotConnect | Self::SecondConnect | Self::UnexpectedPacket => {
                 DisconnectReasonCode::ProtocolError
             }
-            Self::UnknownPacketId | Self::SharedNoLocal => DisconnectReasonCode::ProtocolError,
+            Self::UnknownPacketId
+            | Self::SharedNoLocal
+            | Self::DuplicateProperty
+            | Self::EmptyTopicWithoutAlias => DisconnectReasonCode::ProtocolError,
             Self::MalformedPacket | Self::InvalidUtf8 => DisconnectReasonCode::MalformedPacket,
             Self::UnsupportedProtocol => DisconnectReasonCode::ProtocolError,
             // raised by CONNECT: the first is answered with CONNACK, a second one is a

@@ -20,6 +20,8 @@ use crate::packet::{
     ConnAckCode, Connect, Inbound, Outbound, ProtocolVersion, PublishIn, SubAckCode, SubOptions, Will,
 };
 
+mod properties;
+
 const CONNECT: u8 = 0x10;
 
 fn qos_in(q: WireQoS) -> QoS {
@@ -110,6 +112,11 @@ impl Decoder {
                     *version = c.version;
                 }
                 Ok(Some(inbound))
+            }
+            // [MQTT-3.3.2.3.2] and the like: a property included twice is a Protocol
+            // Error, which the codec would report as Malformed Packet
+            State::V5(_) if properties::has_duplicate_property(buf, self.max_packet_size) => {
+                Err(ProtocolError::DuplicateProperty)
             }
             State::V5(codec) => match codec.decode(buf)? {
                 None => Ok(None),
@@ -261,6 +268,9 @@ fn v5_in(packet: v5::Packet) -> Result<Inbound, ProtocolError> {
         P::Publish(p) => {
             let mut props = p.properties.unwrap_or_default();
             let topic_alias = props.topic_alias.take().map(NonZeroU16::get);
+            if p.topic.is_empty() && topic_alias.is_none() {
+                return Err(ProtocolError::EmptyTopicWithoutAlias); // [MQTT-3.3.2.3.4]
+            }
             Inbound::Publish(Box::new(PublishIn {
                 topic: p.topic,
                 packet_id: p.packet_id.map(NonZeroU16::get),
@@ -276,6 +286,14 @@ fn v5_in(packet: v5::Packet) -> Result<Inbound, ProtocolError> {
         P::PublishReceived(a) => Inbound::PubRec(a.packet_id.get()),
         P::PublishRelease(a) => Inbound::PubRel(a.packet_id.get()),
         P::PublishComplete(a) => Inbound::PubComp(a.packet_id.get()),
+        // [MQTT-4.7.3-1] a topic filter is at least one character long; the 3.x codec
+        // refuses an empty one, the 5.0 codec does not
+        P::Subscribe(s) if s.topic_filters.iter().any(|(f, _)| f.is_empty()) => {
+            return Err(ProtocolError::MalformedPacket);
+        }
+        P::Unsubscribe(u) if u.topic_filters.iter().any(|f| f.is_empty()) => {
+            return Err(ProtocolError::MalformedPacket);
+        }
         P::Subscribe(s) => Inbound::Subscribe {
             packet_id: s.packet_id.get(),
             filters: s

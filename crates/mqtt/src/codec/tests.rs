@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::ReasonString;
+use crate::fuzz::seeds::{self, Before, Seed};
 
 const CONNECT_V311: &[u8] = b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x3c\x00\x03abc";
 const CONNECT_V31: &[u8] = b"\x10\x11\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x03abc";
@@ -21,6 +22,15 @@ fn connected(connect: &[u8], rest: &[u8]) -> Result<Vec<Inbound>, ProtocolError>
     let mut bytes = connect.to_vec();
     bytes.extend_from_slice(rest);
     decode_all(&bytes).map(|mut v| v.split_off(1))
+}
+
+/// Decodes a seed's bytes after what precedes them; the packets are the seed's own.
+fn after(seed: Seed) -> Result<Vec<Inbound>, ProtocolError> {
+    match seed.before {
+        Before::Nothing => decode_all(seed.bytes),
+        Before::ConnectV311 => connected(CONNECT_V311, seed.bytes),
+        Before::ConnectV5 => connected(CONNECT_V5, seed.bytes),
+    }
 }
 
 #[test]
@@ -82,8 +92,37 @@ fn unknown_protocol_name_or_level_is_refused() {
 
 #[test]
 fn mqtt_1_5_5_remaining_length_over_four_bytes_is_malformed() {
-    let r = connected(CONNECT_V311, b"\x30\xff\xff\xff\xff\x7f");
+    for seed in [seeds::REMAINING_LENGTH_FIVE_BYTES_V311, seeds::REMAINING_LENGTH_FIVE_BYTES_V5] {
+        let r = after(seed);
+        assert!(
+            matches!(r, Err(ProtocolError::MalformedPacket | ProtocolError::PacketTooLarge { .. })),
+            "{r:?}"
+        );
+    }
+    // four continuation bytes are already too many: no waiting for a fifth
+    let r = after(seeds::REMAINING_LENGTH_FOUR_CONTINUATIONS_V311);
     assert!(matches!(r, Err(ProtocolError::MalformedPacket | ProtocolError::PacketTooLarge { .. })), "{r:?}");
+    // in CONNECT, before the version is known
+    assert_eq!(after(seeds::CONNECT_REMAINING_LENGTH_FIVE_BYTES), Err(ProtocolError::MalformedPacket));
+}
+
+#[test]
+fn mqtt_1_5_5_continuation_byte_at_the_end_of_input_waits_for_more() {
+    assert_eq!(after(seeds::REMAINING_LENGTH_CONTINUATION_AT_END_V311), Ok(vec![]));
+    assert_eq!(after(seeds::CONNECT_REMAINING_LENGTH_CONTINUATION_AT_END), Ok(vec![]));
+}
+
+#[test]
+fn mqtt_1_5_5_1_non_minimal_remaining_length_frames_the_same_packet() {
+    // the rule binds the sender; the frame is unambiguous, so it decodes as what it frames
+    let r = after(seeds::REMAINING_LENGTH_NON_MINIMAL_V311).unwrap();
+    let [Inbound::Publish(p)] = r.as_slice() else { panic!("{r:?}") };
+    assert_eq!((&*p.topic, &p.payload[..]), ("a", &b"x"[..]));
+}
+
+#[test]
+fn mqtt5_1_5_5_property_length_over_four_bytes_is_malformed() {
+    assert_eq!(after(seeds::PROPERTY_LENGTH_FIVE_BYTES_V5), Err(ProtocolError::MalformedPacket));
 }
 
 #[test]
@@ -101,9 +140,12 @@ fn truncated_packet_waits_for_more_bytes() {
 
 #[test]
 fn truncated_qos1_publish_inside_its_length_is_malformed() {
-    // remaining length 3: topic "a" then only one byte where the packet id needs two
-    let r = connected(CONNECT_V311, b"\x32\x04\x00\x01a\x00");
-    assert!(r.is_err(), "{r:?}");
+    // remaining length 4: topic "a" then only one byte where the packet id needs two
+    let r = after(seeds::PUBLISH_QOS1_TRUNCATED_PACKET_ID_V311);
+    assert_eq!(r, Err(ProtocolError::MalformedPacket));
+    // remaining length 3: no packet id at all
+    assert_eq!(after(seeds::PUBLISH_QOS1_WITHOUT_PACKET_ID_V311), Err(ProtocolError::MalformedPacket));
+    assert_eq!(after(seeds::PUBLISH_QOS2_WITHOUT_PACKET_ID_V5), Err(ProtocolError::MalformedPacket));
 }
 
 #[test]
@@ -120,10 +162,65 @@ fn mqtt_3_8_1_1_subscribe_with_wrong_reserved_flags_is_malformed() {
 
 #[test]
 fn subscribe_without_its_options_byte_is_malformed() {
-    let r = connected(CONNECT_V311, b"\x82\x05\x00\x01\x00\x01a");
-    assert!(r.is_err(), "{r:?}");
-    let r = connected(CONNECT_V5, b"\x82\x06\x00\x01\x00\x00\x01a");
-    assert!(r.is_err(), "{r:?}");
+    for seed in [seeds::SUBSCRIBE_WITHOUT_OPTIONS_V311, seeds::SUBSCRIBE_WITHOUT_OPTIONS_V5] {
+        assert_eq!(after(seed), Err(ProtocolError::MalformedPacket), "{}", seed.name);
+    }
+}
+
+#[test]
+fn mqtt_1_5_3_1_invalid_utf8_in_connect_strings_is_refused() {
+    for seed in [
+        seeds::CONNECT_INVALID_UTF8_CLIENT_ID_V311,
+        seeds::CONNECT_INVALID_UTF8_USERNAME_V311,
+        seeds::CONNECT_INVALID_UTF8_WILL_TOPIC_V311,
+        seeds::CONNECT_INVALID_UTF8_CLIENT_ID_V5,
+        seeds::CONNECT_SURROGATE_USERNAME_V5,
+        seeds::CONNECT_INVALID_UTF8_WILL_TOPIC_V5,
+    ] {
+        assert_eq!(after(seed), Err(ProtocolError::InvalidUtf8), "{}", seed.name);
+    }
+}
+
+#[test]
+fn mqtt_4_7_3_1_empty_topic_name_is_refused() {
+    assert_eq!(after(seeds::PUBLISH_EMPTY_TOPIC_V311), Err(ProtocolError::InvalidTopicName));
+}
+
+#[test]
+fn mqtt5_3_3_2_3_4_empty_topic_without_topic_alias_is_a_protocol_error() {
+    let r = after(seeds::PUBLISH_EMPTY_TOPIC_WITHOUT_ALIAS_V5);
+    assert_eq!(r, Err(ProtocolError::EmptyTopicWithoutAlias));
+    assert_eq!(ProtocolError::EmptyTopicWithoutAlias.reason_code() as u8, 0x82);
+    // with an alias (Topic Alias 1) the empty topic decodes: it uses the alias
+    let r = connected(CONNECT_V5, b"\x30\x07\x00\x00\x03\x23\x00\x01x").unwrap();
+    assert!(matches!(r.as_slice(), [Inbound::Publish(p)] if p.topic.is_empty() && p.topic_alias == Some(1)));
+}
+
+#[test]
+fn mqtt_4_7_3_1_empty_topic_filter_is_malformed() {
+    for seed in [
+        seeds::SUBSCRIBE_EMPTY_FILTER_V311,
+        seeds::SUBSCRIBE_EMPTY_FILTER_V5,
+        seeds::UNSUBSCRIBE_EMPTY_FILTER_V5,
+    ] {
+        assert_eq!(after(seed), Err(ProtocolError::MalformedPacket), "{}", seed.name);
+    }
+}
+
+#[test]
+fn mqtt5_2_2_2_2_property_included_twice_is_refused() {
+    for seed in [
+        seeds::PUBLISH_TWO_PAYLOAD_FORMAT_INDICATORS_V5,
+        seeds::CONNECT_TWO_SESSION_EXPIRY_INTERVALS_V5,
+        seeds::SUBSCRIBE_TWO_SUBSCRIPTION_IDS_V5,
+    ] {
+        assert_eq!(after(seed), Err(ProtocolError::DuplicateProperty), "{}", seed.name);
+    }
+    assert_eq!(ProtocolError::DuplicateProperty.reason_code() as u8, 0x82);
+    // User Property may repeat
+    let r =
+        connected(CONNECT_V5, b"\x30\x13\x00\x01a\x0e\x26\x00\x01k\x00\x01v\x26\x00\x01k\x00\x01wx").unwrap();
+    assert!(matches!(r.as_slice(), [Inbound::Publish(p)] if p.properties.user_properties.len() == 2));
 }
 
 #[test]

@@ -1,11 +1,14 @@
 //! Fuzz entry points, shared by the `fuzz/` targets (cargo-fuzz) and the deterministic
 //! sweeps in the unit tests: each takes arbitrary bytes and must neither panic nor hang.
+//! [`seeds`] holds the seed corpus they start from.
 
 use bytes::BytesMut;
 use telehub_core::{Message, MessageProperties, QoS, TopicName};
 
 use crate::session::{BrokerTime, Delivery, OverflowPolicy, QueueBudget, Session, SessionLimits};
 use crate::{Decoder, Outbound};
+
+pub mod seeds;
 
 const CONNECT_V311: &[u8] = b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x3c\x00\x03abc";
 const CONNECT_V5: &[u8] = b"\x10\x10\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x03abc";
@@ -112,3 +115,6 @@ pub fn session(data: &[u8]) {
     drop(s);
     assert_eq!(budget.used(), 0, "a dropped session keeps bytes in the budget");
 }
+
+#[cfg(test)]
+mod tests;

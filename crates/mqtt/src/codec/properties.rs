@@ -1,0 +1,146 @@
+//! MQTT 5 property blocks scanned for a property included twice: the spec makes that a
+//! Protocol Error (0x82) for every property but User Property, while `rmqtt-codec`
+//! reports it as a Malformed Packet (0x81), indistinguishable from a bad length.
+
+/// User Property: the only property a client may repeat.
+const USER_PROPERTY: u8 = 0x26;
+
+/// True when the complete MQTT 5 packet at the start of `buf`, at most `max` bytes long
+/// after its fixed header (0: no limit), includes a property more than once. False when
+/// the packet is not complete yet, too large, or cannot be parsed this far: the codec
+/// then reports what is wrong with it.
+pub(super) fn has_duplicate_property(buf: &[u8], max: u32) -> bool {
+    scan(buf, max).unwrap_or(false)
+}
+
+fn scan(buf: &[u8], max: u32) -> Option<bool> {
+    let (&first, rest) = buf.split_first()?;
+    let (len, n) = varint(rest)?;
+    if max > 0 && len > max {
+        return None;
+    }
+    let body = rest.get(n..n.checked_add(usize::try_from(len).ok()?)?)?;
+    let mut r = Reader(body);
+    match first >> 4 {
+        // CONNECT: protocol name, level, flags, keep-alive, properties; then the client
+        // id and, with a will, the will properties
+        1 => {
+            r.binary()?;
+            r.skip(1)?;
+            let flags = r.byte()?;
+            r.skip(2)?;
+            if r.duplicate_property()? {
+                return Some(true);
+            }
+            if flags & 0x04 == 0 {
+                return Some(false);
+            }
+            r.binary()?;
+            r.duplicate_property()
+        }
+        // PUBLISH: topic, packet id when QoS > 0, properties
+        3 => {
+            r.binary()?;
+            if first & 0x06 != 0 {
+                r.skip(2)?;
+            }
+            r.duplicate_property()
+        }
+        // PUBACK, PUBREC, PUBREL, PUBCOMP: packet id, then reason code and properties
+        // only when the remaining length says so
+        4..=7 => {
+            r.skip(2)?;
+            if r.0.len() < 2 {
+                return Some(false);
+            }
+            r.skip(1)?;
+            r.duplicate_property()
+        }
+        // SUBSCRIBE, UNSUBSCRIBE: packet id, properties
+        8 | 10 => {
+            r.skip(2)?;
+            r.duplicate_property()
+        }
+        // DISCONNECT, AUTH: reason code and properties, when present
+        14 | 15 => {
+            if r.0.len() < 2 {
+                return Some(false);
+            }
+            r.skip(1)?;
+            r.duplicate_property()
+        }
+        _ => Some(false),
+    }
+}
+
+/// A variable byte integer and how many bytes it took; `None` when incomplete or
+/// longer than four bytes.
+fn varint(buf: &[u8]) -> Option<(u32, usize)> {
+    let mut value = 0u32;
+    for (i, &b) in buf.iter().take(4).enumerate() {
+        value |= u32::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn skip(&mut self, n: usize) -> Option<()> {
+        self.0 = self.0.get(n..)?;
+        Some(())
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+
+    /// A two-byte length and that many bytes (a UTF-8 string or binary data).
+    fn binary(&mut self) -> Option<()> {
+        let len = u16::from_be_bytes([self.byte()?, self.byte()?]);
+        self.skip(usize::from(len))
+    }
+
+    /// Reads a property block; true when it includes a property twice. `None` when it
+    /// is cut short or holds an unknown property (the codec reports those).
+    fn duplicate_property(&mut self) -> Option<bool> {
+        let (len, n) = varint(self.0)?;
+        self.skip(n)?;
+        let block = self.0.get(..usize::try_from(len).ok()?)?;
+        self.skip(block.len())?;
+        let mut props = Reader(block);
+        let mut seen = 0u128;
+        while let Some(id) = props.0.first().copied() {
+            props.skip(1)?;
+            match id {
+                // byte
+                0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2a => props.skip(1)?,
+                // two-byte integer
+                0x13 | 0x21 | 0x22 | 0x23 => props.skip(2)?,
+                // four-byte integer
+                0x02 | 0x11 | 0x18 | 0x27 => props.skip(4)?,
+                // variable byte integer (Subscription Identifier)
+                0x0b => props.skip(varint(props.0)?.1)?,
+                // UTF-8 string or binary data
+                0x03 | 0x08 | 0x09 | 0x12 | 0x15 | 0x16 | 0x1a | 0x1c | 0x1f => props.binary()?,
+                // string pair
+                USER_PROPERTY => {
+                    props.binary()?;
+                    props.binary()?;
+                }
+                _ => return None,
+            }
+            let bit = 1u128 << id;
+            if id != USER_PROPERTY && seen & bit != 0 {
+                return Some(true);
+            }
+            seen |= bit;
+        }
+        Some(false)
+    }
+}
