@@ -4,13 +4,16 @@
 //! the refusals (unknown device 404, bad bodies 400 naming the field, a full queue 429,
 //! no token 401, another device's token 403, a stale version 409).
 
+mod common;
+
+use common::Answer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use axum::http::{Method, Request, StatusCode, header};
 use serde_json::{Value, json};
 use telehub_api::Config;
 use telehub_hub::commands::{self, Commands};
@@ -30,28 +33,6 @@ struct Hub {
     tasks: TaskTracker,
     _broker: TestBroker,
     _dir: tempfile::TempDir,
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Answer {
-    #[track_caller]
-    fn ok(&self, status: StatusCode) -> Value {
-        assert_eq!(self.status, status, "{}", String::from_utf8_lossy(&self.body));
-        if self.body.is_empty() { Value::Null } else { serde_json::from_slice(&self.body).unwrap() }
-    }
-
-    #[track_caller]
-    fn problem(&self, status: StatusCode, needle: &str) {
-        let body = self.ok(status);
-        assert_eq!(self.headers[header::CONTENT_TYPE], "application/problem+json");
-        let detail = body["detail"].as_str().unwrap();
-        assert!(detail.contains(needle), "detail {detail:?} does not contain {needle:?}");
-    }
 }
 
 impl Hub {
@@ -119,10 +100,12 @@ impl Hub {
 
     /// A registered device with a token credential; returns the token.
     async fn device(&self, id: &str) -> String {
-        self.admin(Method::POST, "/api/v1/devices", Some(&json!({"id": id}))).await.ok(StatusCode::CREATED);
+        self.admin(Method::POST, "/api/v1/devices", Some(&json!({"id": id})))
+            .await
+            .assert_status(StatusCode::CREATED);
         let uri = format!("/api/v1/devices/{id}/credentials");
         let a = self.admin(Method::POST, &uri, Some(&json!({"kind": "token"}))).await;
-        a.ok(StatusCode::CREATED)["token"].as_str().unwrap().to_owned()
+        a.assert_status(StatusCode::CREATED)["token"].as_str().unwrap().to_owned()
     }
 
     async fn create(&self, device: &str, body: Value) -> Answer {
@@ -141,7 +124,7 @@ async fn create_get_list_and_cancel() {
     let hub = Hub::start(commands::Config::default()).await;
     hub.device("d1").await;
     let a = hub.create("d1", json!({"payload": {"on": true}, "mode": "queued", "ttl": "10m"})).await;
-    let first = a.ok(StatusCode::CREATED);
+    let first = a.assert_status(StatusCode::CREATED);
     let id = first["id"].as_str().unwrap().to_owned();
     assert!(id.starts_with("cmd_"), "{id}");
     assert_eq!(a.headers[header::LOCATION], format!("/api/v1/devices/d1/commands/{id}"));
@@ -152,41 +135,53 @@ async fn create_get_list_and_cancel() {
     assert_eq!(first["payload"], json!({"on": true}));
     assert!(first["timestamps"]["queued"].is_string() && first["expires_at"].is_string());
     // mode defaults to queued; a number ttl is seconds
-    let second = hub.create("d1", json!({"payload": 2, "ttl": 60})).await.ok(StatusCode::CREATED);
+    let second = hub.create("d1", json!({"payload": 2, "ttl": 60})).await.assert_status(StatusCode::CREATED);
     assert_eq!(second["mode"], json!("queued"));
     let lw = json!({"payload": {"heater": true}, "mode": "latest_wins", "key": "heater"});
-    let old = hub.create("d1", lw.clone()).await.ok(StatusCode::CREATED);
-    let new = hub.create("d1", lw).await.ok(StatusCode::CREATED);
-    let f = hub.create("d1", json!({"payload": 1, "mode": "fire_and_forget"})).await.ok(StatusCode::CREATED);
+    let old = hub.create("d1", lw.clone()).await.assert_status(StatusCode::CREATED);
+    let new = hub.create("d1", lw).await.assert_status(StatusCode::CREATED);
+    let f = hub
+        .create("d1", json!({"payload": 1, "mode": "fire_and_forget"}))
+        .await
+        .assert_status(StatusCode::CREATED);
     assert_eq!((&f["state"], &f["reason"]), (&json!("failed"), &json!("device not connected")));
 
     let uri = format!("/api/v1/devices/d1/commands/{}", old["id"].as_str().unwrap());
-    let one = hub.admin(Method::GET, &uri, None).await.ok(StatusCode::OK);
+    let one = hub.admin(Method::GET, &uri, None).await.assert_status(StatusCode::OK);
     assert_eq!((&one["state"], &one["reason"]), (&json!("cancelled"), &json!("superseded")));
-    let list = hub.admin(Method::GET, "/api/v1/devices/d1/commands", None).await.ok(StatusCode::OK);
+    let list =
+        hub.admin(Method::GET, "/api/v1/devices/d1/commands", None).await.assert_status(StatusCode::OK);
     let seqs: Vec<i64> =
         list["commands"].as_array().unwrap().iter().map(|c| c["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, [5, 4, 3, 2, 1], "newest first");
-    let open =
-        hub.admin(Method::GET, "/api/v1/devices/d1/commands?state=queued", None).await.ok(StatusCode::OK);
+    let open = hub
+        .admin(Method::GET, "/api/v1/devices/d1/commands?state=queued", None)
+        .await
+        .assert_status(StatusCode::OK);
     let ids: Vec<&str> =
         open["commands"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [new["id"].as_str().unwrap(), second["id"].as_str().unwrap(), id.as_str()]);
-    let page = hub.admin(Method::GET, "/api/v1/devices/d1/commands?limit=2", None).await.ok(StatusCode::OK);
+    let page = hub
+        .admin(Method::GET, "/api/v1/devices/d1/commands?limit=2", None)
+        .await
+        .assert_status(StatusCode::OK);
     assert_eq!(page["next_before"], json!(4));
     let rest = hub.admin(Method::GET, "/api/v1/devices/d1/commands?limit=2&before=4", None).await;
-    assert_eq!(rest.ok(StatusCode::OK)["commands"][0]["seq"], json!(3));
+    assert_eq!(rest.assert_status(StatusCode::OK)["commands"][0]["seq"], json!(3));
     let failed_or_cancelled =
         hub.admin(Method::GET, "/api/v1/devices/d1/commands?state=failed,cancelled", None);
-    assert_eq!(failed_or_cancelled.await.ok(StatusCode::OK)["commands"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        failed_or_cancelled.await.assert_status(StatusCode::OK)["commands"].as_array().unwrap().len(),
+        2
+    );
 
     let uri = format!("/api/v1/devices/d1/commands/{id}");
-    let cancelled = hub.admin(Method::DELETE, &uri, None).await.ok(StatusCode::OK);
+    let cancelled = hub.admin(Method::DELETE, &uri, None).await.assert_status(StatusCode::OK);
     assert_eq!(cancelled["state"], json!("cancelled"));
-    hub.admin(Method::DELETE, &uri, None).await.problem(StatusCode::CONFLICT, "is cancelled");
+    hub.admin(Method::DELETE, &uri, None).await.assert_problem(StatusCode::CONFLICT, "is cancelled");
     hub.admin(Method::GET, "/api/v1/devices/d1/commands/cmd_nope", None)
         .await
-        .problem(StatusCode::NOT_FOUND, "cmd_nope");
+        .assert_problem(StatusCode::NOT_FOUND, "cmd_nope");
     hub.stop().await;
 }
 
@@ -194,11 +189,13 @@ async fn create_get_list_and_cancel() {
 async fn refusals() {
     let hub = Hub::start(commands::Config { max_queued_per_device: 2, ..commands::Config::default() }).await;
     hub.device("d1").await;
-    hub.create("ghost", json!({"payload": 1})).await.problem(StatusCode::NOT_FOUND, "no device ghost");
+    hub.create("ghost", json!({"payload": 1})).await.assert_problem(StatusCode::NOT_FOUND, "no device ghost");
     hub.admin(Method::GET, "/api/v1/devices/ghost/commands", None)
         .await
-        .problem(StatusCode::NOT_FOUND, "ghost");
-    hub.admin(Method::GET, "/api/v1/devices/ghost/state", None).await.problem(StatusCode::NOT_FOUND, "ghost");
+        .assert_problem(StatusCode::NOT_FOUND, "ghost");
+    hub.admin(Method::GET, "/api/v1/devices/ghost/state", None)
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "ghost");
     for (body, field) in [
         (json!({}), "payload"),
         (json!({"payload": 1, "mode": "sometimes"}), "`mode`"),
@@ -209,24 +206,28 @@ async fn refusals() {
         (json!({"payload": 1, "topic": "a/#"}), "`topic`"),
         (json!({"payload": 1, "colour": "red"}), "colour"),
     ] {
-        hub.create("d1", body).await.problem(StatusCode::BAD_REQUEST, field);
+        hub.create("d1", body).await.assert_problem(StatusCode::BAD_REQUEST, field);
     }
     let bad = hub.admin(Method::GET, "/api/v1/devices/d1/commands?state=done", None).await;
-    bad.problem(StatusCode::BAD_REQUEST, "`state`");
-    hub.create("d1", json!({"payload": 1})).await.ok(StatusCode::CREATED);
-    hub.create("d1", json!({"payload": 2})).await.ok(StatusCode::CREATED);
-    hub.create("d1", json!({"payload": 3})).await.problem(StatusCode::TOO_MANY_REQUESTS, "2 open commands");
+    bad.assert_problem(StatusCode::BAD_REQUEST, "`state`");
+    hub.create("d1", json!({"payload": 1})).await.assert_status(StatusCode::CREATED);
+    hub.create("d1", json!({"payload": 2})).await.assert_status(StatusCode::CREATED);
+    hub.create("d1", json!({"payload": 3}))
+        .await
+        .assert_problem(StatusCode::TOO_MANY_REQUESTS, "2 open commands");
     // the admin API needs a token, and write for changes
     let none =
         hub.call(Method::POST, "/api/v1/devices/d1/commands", None, Some(&json!({"payload": 1}))).await;
-    none.ok(StatusCode::UNAUTHORIZED);
+    none.assert_status(StatusCode::UNAUTHORIZED);
     let read =
         hub.admin(Method::POST, "/api/v1/tokens", Some(&json!({"name": "r", "scopes": ["read"]}))).await;
-    let read = read.ok(StatusCode::CREATED)["token"].as_str().unwrap().to_owned();
+    let read = read.assert_status(StatusCode::CREATED)["token"].as_str().unwrap().to_owned();
     let one = json!({"payload": 1});
     let denied = hub.call(Method::POST, "/api/v1/devices/d1/commands", Some(&read), Some(&one)).await;
-    denied.ok(StatusCode::FORBIDDEN);
-    hub.call(Method::GET, "/api/v1/devices/d1/commands", Some(&read), None).await.ok(StatusCode::OK);
+    denied.assert_status(StatusCode::FORBIDDEN);
+    hub.call(Method::GET, "/api/v1/devices/d1/commands", Some(&read), None)
+        .await
+        .assert_status(StatusCode::OK);
     hub.stop().await;
 }
 
@@ -236,32 +237,32 @@ async fn the_device_long_polls_and_acknowledges_with_its_own_token() {
     let token = hub.device("h1").await;
     let other = hub.device("h2").await;
     let next = "/api/v1/devices/h1/commands/next?wait=100ms";
-    hub.call(Method::GET, next, Some(&token), None).await.ok(StatusCode::NO_CONTENT);
-    let cmd = hub.create("h1", json!({"payload": {"open": true}})).await.ok(StatusCode::CREATED);
+    hub.call(Method::GET, next, Some(&token), None).await.assert_status(StatusCode::NO_CONTENT);
+    let cmd = hub.create("h1", json!({"payload": {"open": true}})).await.assert_status(StatusCode::CREATED);
     let id = cmd["id"].as_str().unwrap();
-    hub.call(Method::GET, next, None, None).await.ok(StatusCode::UNAUTHORIZED);
-    hub.call(Method::GET, next, Some(&other), None).await.problem(StatusCode::FORBIDDEN, "device:h2");
-    let got = hub.call(Method::GET, next, Some(&token), None).await.ok(StatusCode::OK);
+    hub.call(Method::GET, next, None, None).await.assert_status(StatusCode::UNAUTHORIZED);
+    hub.call(Method::GET, next, Some(&other), None).await.assert_problem(StatusCode::FORBIDDEN, "device:h2");
+    let got = hub.call(Method::GET, next, Some(&token), None).await.assert_status(StatusCode::OK);
     assert_eq!(
         (got["id"].as_str(), &got["state"], &got["payload"]),
         (Some(id), &json!("sent"), &json!({"open": true}))
     );
-    hub.call(Method::GET, next, Some(&token), None).await.ok(StatusCode::NO_CONTENT);
+    hub.call(Method::GET, next, Some(&token), None).await.assert_status(StatusCode::NO_CONTENT);
     let bad_wait = hub.call(Method::GET, "/api/v1/devices/h1/commands/next?wait=later", Some(&token), None);
-    bad_wait.await.problem(StatusCode::BAD_REQUEST, "`wait`");
+    bad_wait.await.assert_problem(StatusCode::BAD_REQUEST, "`wait`");
 
     let ack = format!("/api/v1/devices/h1/commands/{id}/ack");
     let body = json!({"status": "succeeded", "result": {"opened_at": 12}});
-    hub.call(Method::POST, &ack, Some(&other), Some(&body)).await.ok(StatusCode::FORBIDDEN);
+    hub.call(Method::POST, &ack, Some(&other), Some(&body)).await.assert_status(StatusCode::FORBIDDEN);
     let bad = hub.call(Method::POST, &ack, Some(&token), Some(&json!({"status": "done"}))).await;
-    bad.problem(StatusCode::BAD_REQUEST, "`status`");
-    let done = hub.call(Method::POST, &ack, Some(&token), Some(&body)).await.ok(StatusCode::OK);
+    bad.assert_problem(StatusCode::BAD_REQUEST, "`status`");
+    let done = hub.call(Method::POST, &ack, Some(&token), Some(&body)).await.assert_status(StatusCode::OK);
     assert_eq!((&done["state"], &done["result"]), (&json!("succeeded"), &json!({"opened_at": 12})));
     assert!(done["timestamps"]["sent"].is_string() && done["timestamps"]["succeeded"].is_string());
     let late = hub.call(Method::POST, &ack, Some(&token), Some(&json!({"status": "delivered"}))).await;
-    late.problem(StatusCode::CONFLICT, "succeeded");
+    late.assert_problem(StatusCode::CONFLICT, "succeeded");
     // an admin token with write may poll for a device too
-    hub.admin(Method::GET, next, None).await.ok(StatusCode::NO_CONTENT);
+    hub.admin(Method::GET, next, None).await.assert_status(StatusCode::NO_CONTENT);
     hub.stop().await;
 }
 
@@ -271,7 +272,7 @@ async fn device_state_with_versions() {
     hub.device("s1").await;
     let a = hub.admin(Method::GET, "/api/v1/devices/s1/state", None).await;
     assert_eq!(
-        a.ok(StatusCode::OK),
+        a.assert_status(StatusCode::OK),
         json!({"desired": {}, "reported": {}, "delta": {}, "version": 0,
                "timestamps": {"desired": null, "reported": null}})
     );
@@ -293,15 +294,16 @@ async fn device_state_with_versions() {
         }
     };
     let set = patch(json!({"heater": true, "target": 21}), Some("\"0\"")).await;
-    let state = set.ok(StatusCode::OK);
+    let state = set.assert_status(StatusCode::OK);
     assert_eq!(set.headers[header::ETAG], "\"1\"");
     assert_eq!((&state["version"], &state["delta"]), (&json!(1), &json!({"heater": true, "target": 21})));
     let command = &state["command"];
     assert_eq!((&command["mode"], &command["key"]), (&json!("latest_wins"), &json!("$state")));
     assert_eq!(command["topic"], json!("devices/s1/state/desired"));
-    patch(json!({"target": 22}), Some("0")).await.problem(StatusCode::CONFLICT, "version 1");
-    patch(json!({"target": 22}), Some("one")).await.problem(StatusCode::BAD_REQUEST, "If-Match");
-    let unconditional = patch(json!({"target": null, "mode": "eco"}), None).await.ok(StatusCode::OK);
+    patch(json!({"target": 22}), Some("0")).await.assert_problem(StatusCode::CONFLICT, "version 1");
+    patch(json!({"target": 22}), Some("one")).await.assert_problem(StatusCode::BAD_REQUEST, "If-Match");
+    let unconditional =
+        patch(json!({"target": null, "mode": "eco"}), None).await.assert_status(StatusCode::OK);
     assert_eq!(unconditional["desired"], json!({"heater": true, "mode": "eco"}));
     let via_state = hub
         .call_with(
@@ -312,15 +314,18 @@ async fn device_state_with_versions() {
             &[("if-match", "W/\"2\"")],
         )
         .await
-        .ok(StatusCode::OK);
+        .assert_status(StatusCode::OK);
     assert_eq!(via_state["version"], json!(3));
     let wrong = hub.admin(Method::PATCH, "/api/v1/devices/s1/state", Some(&json!({"reported": {}}))).await;
-    wrong.problem(StatusCode::BAD_REQUEST, "`desired`");
-    let desired = hub.admin(Method::GET, "/api/v1/devices/s1/state/desired", None).await.ok(StatusCode::OK);
+    wrong.assert_problem(StatusCode::BAD_REQUEST, "`desired`");
+    let desired =
+        hub.admin(Method::GET, "/api/v1/devices/s1/state/desired", None).await.assert_status(StatusCode::OK);
     assert_eq!(desired, json!({"desired": {"heater": false, "mode": "eco"}, "version": 3}));
     // only the newest $state command is open
-    let open =
-        hub.admin(Method::GET, "/api/v1/devices/s1/commands?state=queued", None).await.ok(StatusCode::OK);
+    let open = hub
+        .admin(Method::GET, "/api/v1/devices/s1/commands?state=queued", None)
+        .await
+        .assert_status(StatusCode::OK);
     let open = open["commands"].as_array().unwrap();
     assert_eq!(open.len(), 1);
     assert_eq!(open[0]["payload"], json!({"heater": false, "mode": "eco"}));

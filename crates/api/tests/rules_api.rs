@@ -3,13 +3,16 @@
 //! a 400 problem naming the field, line and column; config rules are read-only (409);
 //! scopes; the audit log; 503 without the service.
 
+mod common;
+
+use common::Answer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use axum::http::{Method, Request, StatusCode, header};
 use serde_json::{Value, json};
 use telehub_api::Config;
 use telehub_hub::events::Events;
@@ -29,27 +32,6 @@ struct Hub {
     stop: CancellationToken,
     tasks: TaskTracker,
     _dir: tempfile::TempDir,
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Answer {
-    #[track_caller]
-    fn assert_status(&self, status: StatusCode) -> Value {
-        assert_eq!(self.status, status, "{}", String::from_utf8_lossy(&self.body));
-        if self.body.is_empty() { Value::Null } else { serde_json::from_slice(&self.body).unwrap() }
-    }
-
-    #[track_caller]
-    fn assert_problem(&self, status: StatusCode) -> Value {
-        let body = self.assert_status(status);
-        assert_eq!(self.headers[header::CONTENT_TYPE], "application/problem+json");
-        body
-    }
 }
 
 const FROM_FILE: &str = r#"
@@ -141,7 +123,7 @@ async fn rules_are_created_listed_replaced_and_deleted() {
 
     let again = hub.call(Method::POST, "/api/v1/rules", Some(&night_light_on())).await;
     assert!(
-        again.assert_problem(StatusCode::CONFLICT)["detail"].as_str().unwrap().contains("already exists")
+        again.assert_problem(StatusCode::CONFLICT, "")["detail"].as_str().unwrap().contains("already exists")
     );
 
     let list =
@@ -163,23 +145,25 @@ async fn rules_are_created_listed_replaced_and_deleted() {
     let renamed = json!({"name": "other", "filter": "#"});
     hub.call(Method::PUT, "/api/v1/rules/night-light-on", Some(&renamed))
         .await
-        .assert_problem(StatusCode::BAD_REQUEST);
+        .assert_problem(StatusCode::BAD_REQUEST, "");
     let new = hub.call(Method::PUT, "/api/v1/rules/made-by-put", Some(&json!({"filter": "#"}))).await;
     new.assert_status(StatusCode::CREATED);
 
     hub.call(Method::DELETE, "/api/v1/rules/night-light-on", None)
         .await
         .assert_status(StatusCode::NO_CONTENT);
-    hub.call(Method::GET, "/api/v1/rules/night-light-on", None).await.assert_problem(StatusCode::NOT_FOUND);
+    hub.call(Method::GET, "/api/v1/rules/night-light-on", None)
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "");
     hub.call(Method::DELETE, "/api/v1/rules/night-light-on", None)
         .await
-        .assert_problem(StatusCode::NOT_FOUND);
+        .assert_problem(StatusCode::NOT_FOUND, "");
     assert!(hub.rules.get("made-by-put").is_some());
 
     // a read token may look, not change
     hub.call_as(&hub.reader, Method::POST, "/api/v1/rules", Some(&night_light_on()))
         .await
-        .assert_problem(StatusCode::FORBIDDEN);
+        .assert_problem(StatusCode::FORBIDDEN, "");
     let alerts =
         hub.call_as(&hub.reader, Method::GET, "/api/v1/alerts", None).await.assert_status(StatusCode::OK);
     assert_eq!(alerts, json!({"active": [], "recently_cleared": []}));
@@ -192,7 +176,7 @@ async fn a_bad_rule_is_a_400_naming_the_field_and_the_position() {
     let mut bad = night_light_on();
     bad["condition"] = json!("msg.light <\n  && 300");
     let a = hub.call(Method::POST, "/api/v1/rules", Some(&bad)).await;
-    let problem = a.assert_problem(StatusCode::BAD_REQUEST);
+    let problem = a.assert_problem(StatusCode::BAD_REQUEST, "");
     assert_eq!(problem["field"], "condition", "{problem}");
     assert_eq!(problem["line"], 2, "{problem}");
     assert!(problem["column"].as_u64().unwrap() >= 1, "{problem}");
@@ -201,8 +185,10 @@ async fn a_bad_rule_is_a_400_naming_the_field_and_the_position() {
 
     let mut clear = night_light_on();
     clear["clear_condition"] = json!("msg.light >= = 320");
-    let problem =
-        hub.call(Method::POST, "/api/v1/rules", Some(&clear)).await.assert_problem(StatusCode::BAD_REQUEST);
+    let problem = hub
+        .call(Method::POST, "/api/v1/rules", Some(&clear))
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST, "");
     assert_eq!(problem["field"], "clear_condition", "{problem}");
     assert_eq!(problem["line"], 1, "{problem}");
 
@@ -211,20 +197,24 @@ async fn a_bad_rule_is_a_400_naming_the_field_and_the_position() {
     let problem = hub
         .call(Method::POST, "/api/v1/rules", Some(&template))
         .await
-        .assert_problem(StatusCode::BAD_REQUEST);
+        .assert_problem(StatusCode::BAD_REQUEST, "");
     assert_eq!(problem["field"], "actions[0].topic", "{problem}");
     assert_eq!(problem.get("line"), None, "{problem}");
 
     let mut filter = night_light_on();
     filter["filter"] = json!("a/#/b");
-    let problem =
-        hub.call(Method::POST, "/api/v1/rules", Some(&filter)).await.assert_problem(StatusCode::BAD_REQUEST);
+    let problem = hub
+        .call(Method::POST, "/api/v1/rules", Some(&filter))
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST, "");
     assert_eq!(problem["field"], "filter", "{problem}");
 
     let mut unknown = night_light_on();
     unknown["conditon"] = json!("true");
-    let problem =
-        hub.call(Method::POST, "/api/v1/rules", Some(&unknown)).await.assert_problem(StatusCode::BAD_REQUEST);
+    let problem = hub
+        .call(Method::POST, "/api/v1/rules", Some(&unknown))
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST, "");
     assert!(problem["detail"].as_str().unwrap().contains("conditon"), "{problem}");
 
     // nothing was saved, and a refused PUT leaves the rule as it was
@@ -232,7 +222,7 @@ async fn a_bad_rule_is_a_400_naming_the_field_and_the_position() {
     hub.call(Method::POST, "/api/v1/rules", Some(&night_light_on())).await.assert_status(StatusCode::CREATED);
     hub.call(Method::PUT, "/api/v1/rules/night-light-on", Some(&bad))
         .await
-        .assert_problem(StatusCode::BAD_REQUEST);
+        .assert_problem(StatusCode::BAD_REQUEST, "");
     assert_eq!(hub.rules.get("night-light-on").unwrap()["condition"], "msg.light < 300");
     hub.stop().await;
 }
@@ -244,10 +234,10 @@ async fn config_rules_are_read_only_through_the_api() {
     assert_eq!(got["source"], "config");
     let body = json!({"filter": "#"});
     let put = hub.call(Method::PUT, "/api/v1/rules/from-file", Some(&body)).await;
-    assert!(put.assert_problem(StatusCode::CONFLICT)["detail"].as_str().unwrap().contains("config file"));
-    hub.call(Method::DELETE, "/api/v1/rules/from-file", None).await.assert_problem(StatusCode::CONFLICT);
+    assert!(put.assert_problem(StatusCode::CONFLICT, "")["detail"].as_str().unwrap().contains("config file"));
+    hub.call(Method::DELETE, "/api/v1/rules/from-file", None).await.assert_problem(StatusCode::CONFLICT, "");
     let post = json!({"name": "from-file", "filter": "#"});
-    hub.call(Method::POST, "/api/v1/rules", Some(&post)).await.assert_problem(StatusCode::CONFLICT);
+    hub.call(Method::POST, "/api/v1/rules", Some(&post)).await.assert_problem(StatusCode::CONFLICT, "");
     hub.stop().await;
 }
 

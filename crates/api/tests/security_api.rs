@@ -8,15 +8,18 @@
 //! Most tests call the router in-process with the client address set as axum's
 //! `ConnectInfo`; the HTTPS tests and one allowlist test go through real sockets.
 
+mod common;
+
+use common::Answer;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use axum::http::{Method, Request, StatusCode, header};
 use jsonwebtoken::{EncodingKey, Header};
 use rcgen::KeyPair;
 use serde_json::{Value, json};
@@ -52,45 +55,6 @@ enum Auth<'a> {
     None,
     Bearer(&'a str),
     ApiKey(&'a str),
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn header(&self, name: impl header::AsHeaderName) -> &str {
-        self.headers.get(name).map_or("", |v| v.to_str().unwrap())
-    }
-
-    #[track_caller]
-    fn assert_status(&self, status: StatusCode) -> Value {
-        assert_eq!(self.status, status, "{}", self.text());
-        if self.body.is_empty() { Value::Null } else { self.json() }
-    }
-
-    /// A problem+json answer with `status` whose detail contains `needle`.
-    #[track_caller]
-    fn assert_problem(&self, status: StatusCode, needle: &str) {
-        assert_eq!(self.status, status, "{}", self.text());
-        assert_eq!(self.header(header::CONTENT_TYPE), "application/problem+json");
-        let detail = self.json()["detail"].as_str().unwrap().to_owned();
-        assert!(detail.contains(needle), "detail {detail:?} does not contain {needle:?}");
-        if status == StatusCode::UNAUTHORIZED {
-            assert!(self.header(header::WWW_AUTHENTICATE).starts_with("Bearer"), "{:?}", self.headers);
-        }
-    }
 }
 
 impl Hub {

@@ -4,11 +4,14 @@
 //! aggregates with known values and CSV. Requests carry an admin token (scope `admin`)
 //! made with the registry's API; `security_api.rs` covers who may do what.
 
+mod common;
+
+use common::Answer;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use axum::http::{Method, Request, StatusCode, header};
 use serde_json::{Value, json};
 use telehub_api::Config;
 use telehub_hub::ingest::{self, Ingest};
@@ -31,38 +34,7 @@ struct Api {
     _dir: tempfile::TempDir,
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
 impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    fn text(&self) -> &str {
-        std::str::from_utf8(&self.body).unwrap()
-    }
-
-    fn content_type(&self) -> &str {
-        self.headers.get(header::CONTENT_TYPE).map_or("", |v| v.to_str().unwrap())
-    }
-
-    /// A problem+json answer with `status` whose detail contains `needle`.
-    #[track_caller]
-    fn assert_problem(&self, status: StatusCode, needle: &str) {
-        assert_eq!(self.status, status, "{}", self.text());
-        assert_eq!(self.content_type(), "application/problem+json");
-        let p = self.json();
-        assert_eq!(p["status"], status.as_u16(), "{p}");
-        assert_eq!(p["title"], status.canonical_reason().unwrap(), "{p}");
-        let detail = p["detail"].as_str().unwrap();
-        assert!(detail.contains(needle), "detail {detail:?} does not contain {needle:?}");
-    }
-
     /// The tutorial's `{"error": "..."}` with `status`, the message containing `needle`.
     #[track_caller]
     fn assert_tutorial_error(&self, status: StatusCode, needle: &str) {
@@ -208,9 +180,10 @@ async fn oversized_bodies_get_413_declared_or_streamed() {
             .body(Body::from(big.clone()))
             .unwrap()
     };
-    let a = answer(api.router.clone().oneshot(request("/data")).await.unwrap()).await;
+    let a = Answer::of(api.router.clone().oneshot(request("/data")).await.unwrap()).await;
     a.assert_tutorial_error(StatusCode::PAYLOAD_TOO_LARGE, "larger than 1024 bytes");
-    let a = answer(api.router.clone().oneshot(request("/api/v1/devices/a/telemetry")).await.unwrap()).await;
+    let a =
+        Answer::of(api.router.clone().oneshot(request("/api/v1/devices/a/telemetry")).await.unwrap()).await;
     a.assert_problem(StatusCode::PAYLOAD_TOO_LARGE, "larger than 1024 bytes");
 
     // streamed without a length: cut off at the limit
@@ -225,13 +198,6 @@ async fn oversized_bodies_get_413_declared_or_streamed() {
     let ok = json!({"device_id": "a", "v": 1, "pad": "x".repeat(900)});
     assert_eq!(api.post_json("/data", &ok).await.status, StatusCode::OK);
     api.stop().await;
-}
-
-async fn answer(response: axum::response::Response) -> Answer {
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
-    Answer { status, headers, body }
 }
 
 // ---- POST /api/v1/devices/{id}/telemetry -----------------------------------------------
