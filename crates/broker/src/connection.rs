@@ -217,19 +217,37 @@ pub(crate) async fn serve<R: ReadHalf, W: WriteHalf>(
     let connect = match first {
         Ok(Ok(Some(Inbound::Connect(c)))) => c,
         Ok(Ok(_)) => return,
-        // [MQTT-3.1.3-8] the codec refuses an empty client id without clean session before
-        // `run_connected` can see it; the client must still get CONNACK 0x02 (5.0: 0x85)
-        // rather than a silently closed socket.
-        Ok(Err(ReadError::Protocol(ProtocolError::ClientIdRejected))) => {
-            let version = reader.decoder.version().unwrap_or(ProtocolVersion::V3_1_1);
-            debug!(%peer, ?version, "refused: empty client id without clean session");
-            // no reason string: the client's Maximum Packet Size is not known
-            return refuse(write, version, Refused::without_reason(ConnAckCode::ClientIdRejected)).await;
-        }
         Ok(Err(ReadError::Protocol(e))) => {
-            Stats::add(&shared.stats.protocol_errors, 1);
-            debug!(%peer, error = %e, "refused before CONNECT");
-            return;
+            let version = reader.decoder.version();
+            debug!(%peer, ?version, error = %e, "refused at CONNECT");
+            if e != ProtocolError::ClientIdRejected {
+                Stats::add(&shared.stats.protocol_errors, 1);
+            }
+            return match version {
+                // §3.1.4, §4.13: once the CONNECT says MQTT 5, the client is told why
+                // (0x81 Malformed Packet, 0x82 Protocol Error, ...) before the close
+                Some(ProtocolVersion::V5) => {
+                    let refused = match reader.decoder.connect_maximum_packet_size() {
+                        Some(max) => Refused {
+                            code: e.connack_code(),
+                            reason: Some(e.reason_string()),
+                            max_packet_size: max,
+                        },
+                        // the client's limit is unknown: a reason string might break it
+                        // ([MQTT-3.2.2-19])
+                        None => Refused::without_reason(e.connack_code()),
+                    };
+                    refuse(write, ProtocolVersion::V5, refused).await;
+                }
+                // [MQTT-3.1.3-8] the codec refuses an empty client id without clean
+                // session before `run_connected` can see it; the client must still get
+                // CONNACK 0x02 rather than a silently closed socket
+                Some(version) if e == ProtocolError::ClientIdRejected => {
+                    refuse(write, version, Refused::without_reason(ConnAckCode::ClientIdRejected)).await;
+                }
+                // 3.x has no CONNACK code for the rest ([MQTT-3.1.4-1]: close)
+                _ => {}
+            };
         }
         Ok(Err(ReadError::Io(_))) => return,
         Err(_) => {

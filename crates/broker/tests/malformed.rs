@@ -47,14 +47,27 @@ async fn send_seed(broker: &TestBroker, seed: Seed) -> RawClient {
 }
 
 /// Sends `seed` and asserts the connection ends: after an MQTT 5 CONNECT with
-/// DISCONNECT `v5_reason`; after a 3.x CONNECT, or for a CONNECT itself, with a plain
-/// close (no CONNACK: [MQTT-3.1.4-1] lets the server close without one).
+/// DISCONNECT `v5_reason`; after a 3.x CONNECT, or for a 3.x CONNECT itself, with a plain
+/// close (no CONNACK: [MQTT-3.1.4-1] lets the server close without one, and 3.x has no
+/// code for it). An MQTT 5 CONNECT seed goes to [`assert_connect_refused`].
 async fn assert_seed_closes(broker: &TestBroker, seed: Seed, v5_reason: u8) {
     let mut c = send_seed(broker, seed).await;
     match seed.before {
         Before::ConnectV5 => c.expect_disconnect(v5_reason).await,
         Before::ConnectV311 | Before::Nothing => c.expect_closed().await,
     }
+}
+
+/// Sends the MQTT 5 CONNECT `seed` and asserts CONNACK `code` with a Reason String, then
+/// the close: once the server can tell the client speaks MQTT 5 it says why (§3.1.4,
+/// §4.13) rather than just close.
+async fn assert_connect_refused(broker: &TestBroker, seed: Seed, code: u8) {
+    assert_eq!(seed.before, Before::Nothing, "{}", seed.name);
+    let mut c = send_seed(broker, seed).await;
+    let ack = c.next_packet().await.connack(V5);
+    assert_eq!(ack.code, code, "{}: {ack:?}", seed.name);
+    assert!(ack.properties.string(property::REASON_STRING).is_some(), "{}: {ack:?}", seed.name);
+    c.expect_closed().await;
 }
 
 #[tokio::test]
@@ -300,21 +313,26 @@ async fn mqtt_1_5_5_remaining_length_cut_after_a_continuation_byte_waits_then_cl
 }
 
 #[tokio::test]
-async fn mqtt_1_5_3_1_invalid_utf8_in_connect_closes_without_connack() {
+async fn mqtt_1_5_3_1_invalid_utf8_in_connect_is_refused_with_connack_0x81_on_mqtt5_closed_on_3x() {
     let broker = TestBroker::start().await;
     let by = bystander(&broker).await;
-    let connects = [
+    let v3 = [
         seeds::CONNECT_INVALID_UTF8_CLIENT_ID_V311,
         seeds::CONNECT_INVALID_UTF8_USERNAME_V311,
         seeds::CONNECT_INVALID_UTF8_WILL_TOPIC_V311,
+    ];
+    for seed in v3 {
+        assert_seed_closes(&broker, seed, 0).await;
+    }
+    let v5 = [
         seeds::CONNECT_INVALID_UTF8_CLIENT_ID_V5,
         seeds::CONNECT_SURROGATE_USERNAME_V5,
         seeds::CONNECT_INVALID_UTF8_WILL_TOPIC_V5,
     ];
-    for seed in connects {
-        assert_seed_closes(&broker, seed, 0).await;
+    for seed in v5 {
+        assert_connect_refused(&broker, seed, 0x81).await; // Malformed Packet
     }
-    assert_eq!(broker.stats().snapshot().protocol_errors, connects.len() as u64);
+    assert_eq!(broker.stats().snapshot().protocol_errors, (v3.len() + v5.len()) as u64);
     // no will of theirs was published (the bystander subscribes to `#`)
     assert_unaffected(&broker, by).await;
 }
@@ -346,8 +364,52 @@ async fn mqtt5_property_included_twice_is_a_protocol_error() {
     assert_seed_closes(&broker, seeds::PUBLISH_TWO_PAYLOAD_FORMAT_INDICATORS_V5, 0x82).await;
     // [MQTT-3.8.2.1.2] two Subscription Identifiers
     assert_seed_closes(&broker, seeds::SUBSCRIBE_TWO_SUBSCRIPTION_IDS_V5, 0x82).await;
-    // [MQTT-3.1.2.11.2] two Session Expiry Intervals: CONNECT, closed without CONNACK
-    assert_seed_closes(&broker, seeds::CONNECT_TWO_SESSION_EXPIRY_INTERVALS_V5, 0).await;
+    // [MQTT-3.1.2.11.2] two Session Expiry Intervals: CONNECT, refused with CONNACK
+    assert_connect_refused(&broker, seeds::CONNECT_TWO_SESSION_EXPIRY_INTERVALS_V5, 0x82).await;
     assert_eq!(broker.stats().snapshot().protocol_errors, 3);
     assert_unaffected(&broker, by).await;
+}
+
+#[tokio::test]
+async fn mqtt_1_5_4_2_null_character_in_strings_is_a_malformed_packet() {
+    let broker = TestBroker::start().await;
+    let by = bystander(&broker).await;
+    // 3.1.1 ([MQTT-1.5.3-2]): closed, the CONNECT without CONNACK
+    assert_seed_closes(&broker, seeds::CONNECT_NULL_CLIENT_ID_V311, 0).await;
+    assert_seed_closes(&broker, seeds::PUBLISH_NULL_TOPIC_V311, 0).await;
+    assert_seed_closes(&broker, seeds::UNSUBSCRIBE_NULL_FILTER_V311, 0).await;
+    // MQTT 5: CONNACK or DISCONNECT 0x81 Malformed Packet (not 0x90 Topic Name invalid,
+    // nor a SUBACK refusing the filter)
+    for seed in
+        [seeds::CONNECT_NULL_CLIENT_ID_V5, seeds::CONNECT_NULL_USERNAME_V5, seeds::CONNECT_NULL_WILL_TOPIC_V5]
+    {
+        assert_connect_refused(&broker, seed, 0x81).await;
+    }
+    assert_seed_closes(&broker, seeds::PUBLISH_NULL_TOPIC_V5, 0x81).await;
+    assert_seed_closes(&broker, seeds::SUBSCRIBE_NULL_FILTER_V5, 0x81).await;
+    assert_eq!(broker.stats().snapshot().protocol_errors, 8);
+    // nothing was routed, no will published (the bystander subscribes to `#`)
+    assert_unaffected(&broker, by).await;
+}
+
+#[tokio::test]
+async fn mqtt_3_3_4_6_subscription_identifier_in_a_client_publish_is_a_protocol_error() {
+    let broker = TestBroker::start().await;
+    let by = bystander(&broker).await;
+    assert_seed_closes(&broker, seeds::PUBLISH_SUBSCRIPTION_ID_V5, 0x82).await;
+    assert_unaffected(&broker, by).await;
+}
+
+#[tokio::test]
+async fn mqtt_3_1_4_1_malformed_mqtt5_connect_gets_a_connack_within_the_client_maximum_packet_size() {
+    let broker = TestBroker::start().await;
+    // Maximum Packet Size 10, then two Session Expiry Intervals: the CONNACK 0x82
+    // comes without its Reason String, which would not fit ([MQTT-3.2.2-19])
+    let mut c = broker.raw().await;
+    c.send(b"\x10\x1f\x00\x04MQTT\x05\x02\x00\x3c\x0f\x27\x00\x00\x00\x0a\x11\x00\x00\x00\x0a\x11\x00\x00\x00\x0a\x00\x03abc").await;
+    let ack = c.next_packet().await.connack(V5);
+    assert_eq!(ack.code, 0x82, "{ack:?}");
+    assert_eq!(ack.properties.string(property::REASON_STRING), None, "{ack:?}");
+    c.expect_closed().await;
+    broker.assert_serving().await;
 }

@@ -228,9 +228,13 @@ async fn mqtt_3_1_2_11_6_request_response_information_is_accepted_and_none_retur
         assert_eq!(ack.properties.get(property::RESPONSE_INFORMATION), None, "value {value}");
         c.disconnect().await;
     }
-    // any other value is a protocol error: the connection is closed without CONNACK
+    // any other value breaks the CONNECT: refused with a CONNACK that says why (§4.13),
+    // then closed
     let mut c = broker.raw().await;
     c.send(&login("r").request_response_information(2).to_bytes()).await;
+    let ack = c.next_packet().await.connack(Version::V5);
+    assert_eq!(ack.code, 0x81, "{ack:?}"); // the codec reports a Malformed Packet
+    assert_eq!(ack.properties.string(property::REASON_STRING), Some("malformed packet"));
     c.expect_closed().await;
     broker.client(&login("after")).await.0.disconnect().await; // still serving
 }

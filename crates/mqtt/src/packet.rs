@@ -178,6 +178,15 @@ pub enum ConnAckCode {
     /// Keep alive above the server's maximum, for 3.x clients that cannot be told
     /// (3.x: 0x02 identifier rejected, as Mosquitto does).
     KeepAliveTooLong,
+    /// The CONNECT is a Malformed Packet (5.0: 0x81; 3.x has no such code, and the
+    /// CONNACK encodes to nothing).
+    MalformedPacket,
+    /// The CONNECT breaks a protocol rule (5.0: 0x82; none in 3.x, as above).
+    ProtocolError,
+    /// The will topic is not a valid topic name (5.0: 0x90; none in 3.x, as above).
+    TopicNameInvalid,
+    /// The CONNECT is larger than the server accepts (5.0: 0x95; none in 3.x, as above).
+    PacketTooLarge,
 }
 
 /// SUBACK result for one filter.

@@ -4,7 +4,7 @@
 use rmqtt_codec::error::DecodeError;
 use rmqtt_codec::v5::DisconnectReasonCode;
 
-use crate::ReasonString;
+use crate::{ConnAckCode, ReasonString};
 
 /// A packet or a sequence of packets that breaks the MQTT spec. The connection is closed
 /// (after a DISCONNECT with [`ProtocolError::reason_code`] on MQTT 5, where the spec has one).
@@ -38,6 +38,13 @@ pub enum ProtocolError {
     /// [MQTT-1.5.3-1] strings must be well-formed UTF-8.
     #[error("invalid UTF-8 in a string field")]
     InvalidUtf8,
+    /// [MQTT-1.5.4-2] (3.1.1: [MQTT-1.5.3-2]) a client id, user name, will topic, topic
+    /// name or topic filter holds U+0000.
+    #[error("U+0000 in a string field")]
+    NullCharacter,
+    /// [MQTT-3.3.4-6] a client's PUBLISH must not carry a Subscription Identifier.
+    #[error("subscription identifier in a PUBLISH from a client")]
+    SubscriptionIdFromClient,
     /// [MQTT-3.3.2-2] / [MQTT-4.7.3-1] the PUBLISH topic is empty or has wildcards.
     #[error("invalid topic name in PUBLISH")]
     InvalidTopicName,
@@ -93,8 +100,11 @@ impl ProtocolError {
             Self::UnknownPacketId
             | Self::SharedNoLocal
             | Self::DuplicateProperty
-            | Self::EmptyTopicWithoutAlias => DisconnectReasonCode::ProtocolError,
-            Self::MalformedPacket | Self::InvalidUtf8 => DisconnectReasonCode::MalformedPacket,
+            | Self::EmptyTopicWithoutAlias
+            | Self::SubscriptionIdFromClient => DisconnectReasonCode::ProtocolError,
+            Self::MalformedPacket | Self::InvalidUtf8 | Self::NullCharacter => {
+                DisconnectReasonCode::MalformedPacket
+            }
             Self::UnsupportedProtocol => DisconnectReasonCode::ProtocolError,
             // raised by CONNECT: the first is answered with CONNACK, a second one is a
             // protocol error in any case
@@ -106,6 +116,34 @@ impl ProtocolError {
                 DisconnectReasonCode::TopicAliasInvalid
             }
             Self::KeepAliveTimeout => DisconnectReasonCode::KeepAliveTimeout,
+        }
+    }
+
+    /// The CONNACK code refusing an MQTT 5 CONNECT that failed to decode this way: §3.1.4
+    /// and §4.13 let the server send a CONNACK with a reason code of 0x80 or above before
+    /// closing, once it knows the client speaks MQTT 5 ([MQTT-3.1.4-1]). The codes are
+    /// those of [`ProtocolError::reason_code`] where CONNACK has them.
+    pub fn connack_code(self) -> ConnAckCode {
+        match self {
+            Self::ClientIdRejected => ConnAckCode::ClientIdRejected,
+            Self::UnsupportedProtocol => ConnAckCode::UnsupportedProtocol,
+            Self::PacketTooLarge { .. } => ConnAckCode::PacketTooLarge,
+            Self::InvalidTopicName => ConnAckCode::TopicNameInvalid,
+            Self::MalformedPacket | Self::InvalidUtf8 | Self::NullCharacter => ConnAckCode::MalformedPacket,
+            // the rest cannot come from a CONNECT (or from a first packet) but for
+            // DuplicateProperty; all are Protocol Errors there
+            Self::FirstPacketNotConnect
+            | Self::SecondConnect
+            | Self::DuplicateProperty
+            | Self::EmptyTopicWithoutAlias
+            | Self::SubscriptionIdFromClient
+            | Self::UnexpectedPacket
+            | Self::UnknownPacketId
+            | Self::ReceiveMaximumExceeded
+            | Self::TopicAliasOutOfRange { .. }
+            | Self::TopicAliasUndefined { .. }
+            | Self::SharedNoLocal
+            | Self::KeepAliveTimeout => ConnAckCode::ProtocolError,
         }
     }
 

@@ -59,21 +59,36 @@ enum State {
 pub struct Decoder {
     state: State,
     max_packet_size: u32,
+    /// Whether CONNECT has been decoded.
+    connected: bool,
+    /// The MQTT 5 CONNECT's Maximum Packet Size, read before the codec decodes it.
+    connect_max_packet_size: Option<u32>,
 }
 
 impl Decoder {
     /// A decoder that refuses packets whose remaining length exceeds `max_packet_size`.
     pub fn new(max_packet_size: u32) -> Self {
-        Self { state: State::Detect, max_packet_size }
+        Self { state: State::Detect, max_packet_size, connected: false, connect_max_packet_size: None }
     }
 
-    /// The protocol level, once CONNECT has been decoded.
+    /// The protocol level, once the CONNECT's protocol name and level have been read:
+    /// also when the rest of that CONNECT then fails to decode, so that an MQTT 5 client
+    /// can be refused with a CONNACK saying why (§3.1.4, §4.13). 3.x reads as 3.1.1 until
+    /// the CONNECT has been decoded.
     pub fn version(&self) -> Option<ProtocolVersion> {
         match self.state {
             State::Detect => None,
             State::V3(_, v) => Some(v),
             State::V5(_) => Some(ProtocolVersion::V5),
         }
+    }
+
+    /// The Maximum Packet Size of the client's MQTT 5 CONNECT, read from its bytes before
+    /// they are decoded, so known also when that CONNECT fails to decode: `Some(0)` when
+    /// it gave none, `None` when it could not be read (or for 3.x). A CONNACK refusing
+    /// the CONNECT must fit it ([MQTT-3.2.2-19]).
+    pub fn connect_maximum_packet_size(&self) -> Option<u32> {
+        self.connect_max_packet_size
     }
 
     /// Decodes the next packet from `buf`, or `None` when more bytes are needed.
@@ -110,18 +125,29 @@ impl Decoder {
                 let inbound = v3_in(packet)?;
                 if let Inbound::Connect(c) = &inbound {
                     *version = c.version;
+                    self.connected = true;
                 }
                 Ok(Some(inbound))
             }
-            // [MQTT-3.3.2.3.2] and the like: a property included twice is a Protocol
-            // Error, which the codec would report as Malformed Packet
-            State::V5(_) if properties::has_duplicate_property(buf, self.max_packet_size) => {
-                Err(ProtocolError::DuplicateProperty)
+            // the scans below read whole packets from their first byte, but the codec
+            // consumes a fixed header as soon as it has one: it gets whole packets only
+            State::V5(_) if properties::is_partial(buf, self.max_packet_size) => Ok(None),
+            State::V5(codec) => {
+                if !self.connected {
+                    // once per connection, on the CONNECT only
+                    self.connect_max_packet_size =
+                        properties::connect_maximum_packet_size(buf, self.max_packet_size);
+                }
+                // [MQTT-3.3.2.3.2] and the like: a property included twice is a Protocol
+                // Error, which the codec would report as Malformed Packet
+                if properties::has_duplicate_property(buf, self.max_packet_size) {
+                    return Err(ProtocolError::DuplicateProperty);
+                }
+                let Some((packet, _)) = codec.decode(buf)? else { return Ok(None) };
+                let inbound = v5_in(packet)?;
+                self.connected |= matches!(inbound, Inbound::Connect(_));
+                Ok(Some(inbound))
             }
-            State::V5(codec) => match codec.decode(buf)? {
-                None => Ok(None),
-                Some((packet, _)) => v5_in(packet).map(Some),
-            },
         }
     }
 }
@@ -132,6 +158,27 @@ impl Decoder {
 /// PUBLISH topics and payloads stay zero-copy: they are gone once delivered.
 fn own(s: &str) -> ByteString {
     ByteString::from(s)
+}
+
+/// The UTF-8 strings the broker acts on (client id, user name, topic names and filters)
+/// must not hold U+0000 ([MQTT-1.5.4-2]; 3.1.1: [MQTT-1.5.3-2]); `rmqtt-codec` lets it
+/// through. PUBLISH payloads are never scanned, and the other strings (properties) are
+/// only passed on.
+fn has_null(s: &str) -> bool {
+    // `<[u8]>::contains` for bytes is a memchr
+    s.as_bytes().contains(&0)
+}
+
+/// [`has_null`] for the strings of a CONNECT: client id, user name, will topic.
+fn refuse_null_in_connect(
+    client_id: &str,
+    username: Option<&str>,
+    will_topic: Option<&str>,
+) -> Result<(), ProtocolError> {
+    if has_null(client_id) || username.is_some_and(has_null) || will_topic.is_some_and(has_null) {
+        return Err(ProtocolError::NullCharacter);
+    }
+    Ok(())
 }
 
 /// [`own`] for bytes.
@@ -154,6 +201,11 @@ fn v3_in(packet: v3::Packet) -> Result<Inbound, ProtocolError> {
     use v3::Packet as P;
     Ok(match packet {
         P::Connect(c) => {
+            refuse_null_in_connect(
+                &c.client_id,
+                c.username.as_deref(),
+                c.last_will.as_ref().map(|w| &*w.topic),
+            )?;
             let version = match c.protocol.level() {
                 3 => ProtocolVersion::V3_1,
                 4 => ProtocolVersion::V3_1_1,
@@ -182,6 +234,7 @@ fn v3_in(packet: v3::Packet) -> Result<Inbound, ProtocolError> {
                 request_response_information: false,
             }))
         }
+        P::Publish(p) if has_null(&p.topic) => return Err(ProtocolError::NullCharacter),
         P::Publish(p) => Inbound::Publish(Box::new(PublishIn {
             topic: p.topic,
             packet_id: p.packet_id.map(NonZeroU16::get),
@@ -196,6 +249,12 @@ fn v3_in(packet: v3::Packet) -> Result<Inbound, ProtocolError> {
         P::PublishReceived { packet_id } => Inbound::PubRec(packet_id.get()),
         P::PublishRelease { packet_id } => Inbound::PubRel(packet_id.get()),
         P::PublishComplete { packet_id } => Inbound::PubComp(packet_id.get()),
+        P::Subscribe { topic_filters, .. } if topic_filters.iter().any(|(f, _)| has_null(f)) => {
+            return Err(ProtocolError::NullCharacter);
+        }
+        P::Unsubscribe { topic_filters, .. } if topic_filters.iter().any(|f| has_null(f)) => {
+            return Err(ProtocolError::NullCharacter);
+        }
         P::Subscribe { packet_id, topic_filters } => Inbound::Subscribe {
             packet_id: packet_id.get(),
             filters: topic_filters
@@ -230,6 +289,11 @@ fn v5_in(packet: v5::Packet) -> Result<Inbound, ProtocolError> {
     use v5::Packet as P;
     Ok(match packet {
         P::Connect(c) => {
+            refuse_null_in_connect(
+                &c.client_id,
+                c.username.as_deref(),
+                c.last_will.as_ref().map(|w| &*w.topic),
+            )?;
             let will = match c.last_will {
                 Some(w) => {
                     let mut message = will_message(&w.topic, &w.message, w.qos, w.retain)?;
@@ -271,6 +335,12 @@ fn v5_in(packet: v5::Packet) -> Result<Inbound, ProtocolError> {
             if p.topic.is_empty() && topic_alias.is_none() {
                 return Err(ProtocolError::EmptyTopicWithoutAlias); // [MQTT-3.3.2.3.4]
             }
+            if !props.subscription_ids.is_empty() {
+                return Err(ProtocolError::SubscriptionIdFromClient); // [MQTT-3.3.4-6]
+            }
+            if has_null(&p.topic) {
+                return Err(ProtocolError::NullCharacter);
+            }
             Inbound::Publish(Box::new(PublishIn {
                 topic: p.topic,
                 packet_id: p.packet_id.map(NonZeroU16::get),
@@ -293,6 +363,12 @@ fn v5_in(packet: v5::Packet) -> Result<Inbound, ProtocolError> {
         }
         P::Unsubscribe(u) if u.topic_filters.iter().any(|f| f.is_empty()) => {
             return Err(ProtocolError::MalformedPacket);
+        }
+        P::Subscribe(s) if s.topic_filters.iter().any(|(f, _)| has_null(f)) => {
+            return Err(ProtocolError::NullCharacter);
+        }
+        P::Unsubscribe(u) if u.topic_filters.iter().any(|f| has_null(f)) => {
+            return Err(ProtocolError::NullCharacter);
         }
         P::Subscribe(s) => Inbound::Subscribe {
             packet_id: s.packet_id.get(),
@@ -378,7 +454,8 @@ impl Encoder {
     }
 
     /// Appends the encoding of `packet` to `buf`. A DISCONNECT to a 3.x client encodes to
-    /// nothing: 3.x has no server DISCONNECT. A Reason String is left out when the
+    /// nothing: 3.x has no server DISCONNECT; nor does a CONNACK with a code 3.x lacks
+    /// (see [`ConnAckCode`]). A Reason String is left out when the
     /// client asked for no problem information ([MQTT-3.1.2-29]) or when it would take
     /// the packet over the client's Maximum Packet Size ([MQTT-3.2.2-19], [MQTT-3.4.2-2],
     /// [MQTT-3.5.2-2], [MQTT-3.7.2-2], [MQTT-3.9.2-1], [MQTT-3.11.2-1], [MQTT-3.14.2-3]).
@@ -525,6 +602,11 @@ fn v3_out(packet: Outbound) -> Option<v3::Packet> {
                     v3::ConnectAckReason::NotAuthorized
                 }
                 ConnAckCode::ServerUnavailable => v3::ConnectAckReason::ServiceUnavailable,
+                // 3.x has no code for these: the connection is closed without CONNACK
+                ConnAckCode::MalformedPacket
+                | ConnAckCode::ProtocolError
+                | ConnAckCode::TopicNameInvalid
+                | ConnAckCode::PacketTooLarge => return None,
             };
             // [MQTT-3.2.2-4] session present is 0 when the return code is not 0
             let session_present = session_present && code == ConnAckCode::Success;
@@ -590,6 +672,10 @@ fn v5_out(packet: Outbound) -> v5::Packet {
                 ConnAckCode::ServerUnavailable => v5::ConnectAckReason::ServerUnavailable,
                 ConnAckCode::ConnectionRate => v5::ConnectAckReason::ConnectionRateExceeded,
                 ConnAckCode::KeepAliveTooLong => v5::ConnectAckReason::ImplementationSpecificError,
+                ConnAckCode::MalformedPacket => v5::ConnectAckReason::MalformedPacket,
+                ConnAckCode::ProtocolError => v5::ConnectAckReason::ProtocolError,
+                ConnAckCode::TopicNameInvalid => v5::ConnectAckReason::TopicNameInvalid,
+                ConnAckCode::PacketTooLarge => v5::ConnectAckReason::PacketTooLarge,
             };
             P::ConnectAck(Box::new(v5::ConnectAck {
                 session_present: session_present && code == ConnAckCode::Success,

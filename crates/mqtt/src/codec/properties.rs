@@ -1,9 +1,14 @@
 //! MQTT 5 property blocks scanned for a property included twice: the spec makes that a
 //! Protocol Error (0x82) for every property but User Property, while `rmqtt-codec`
-//! reports it as a Malformed Packet (0x81), indistinguishable from a bad length.
+//! reports it as a Malformed Packet (0x81), indistinguishable from a bad length. Also
+//! reads a CONNECT's Maximum Packet Size before the codec decodes it, so a CONNECT the
+//! codec refuses can still be answered within the client's limit, and tells a packet
+//! whose body is still arriving, so that both scans see whole packets.
 
 /// User Property: the only property a client may repeat.
 const USER_PROPERTY: u8 = 0x26;
+/// Maximum Packet Size (a four-byte integer).
+const MAXIMUM_PACKET_SIZE: u8 = 0x27;
 
 /// True when the complete MQTT 5 packet at the start of `buf`, at most `max` bytes long
 /// after its fixed header (0: no limit), includes a property more than once. False when
@@ -13,13 +18,47 @@ pub(super) fn has_duplicate_property(buf: &[u8], max: u32) -> bool {
     scan(buf, max).unwrap_or(false)
 }
 
-fn scan(buf: &[u8], max: u32) -> Option<bool> {
+/// The Maximum Packet Size in the property block of the complete MQTT 5 CONNECT at the
+/// start of `buf` (at most `max` bytes after its fixed header; 0: no limit): `Some(0)`
+/// when the block has none, `None` when the packet is incomplete, not a CONNECT, or its
+/// block cannot be read.
+pub(super) fn connect_maximum_packet_size(buf: &[u8], max: u32) -> Option<u32> {
+    let (first, body) = packet(buf, max)?;
+    if first != 0x10 {
+        return None;
+    }
+    let mut r = Reader(body);
+    r.binary()?;
+    r.skip(4)?; // level, flags, keep-alive
+    let mut found = 0;
+    r.properties(|id, value| {
+        if id == MAXIMUM_PACKET_SIZE {
+            found = u32::from_be_bytes(value.try_into().unwrap_or_default());
+        }
+    })?;
+    Some(found)
+}
+
+/// True when `buf` holds a packet's whole fixed header, its remaining length at most
+/// `max` (0: no limit), but not all of its body yet.
+pub(super) fn is_partial(buf: &[u8], max: u32) -> bool {
+    let Some((len, n)) = buf.get(1..).and_then(varint) else { return false };
+    (max == 0 || len <= max) && usize::try_from(len).is_ok_and(|len| buf.len() < 1 + n + len)
+}
+
+/// The first byte and the body of the complete packet at the start of `buf`, when its
+/// remaining length is at most `max` (0: no limit).
+fn packet(buf: &[u8], max: u32) -> Option<(u8, &[u8])> {
     let (&first, rest) = buf.split_first()?;
     let (len, n) = varint(rest)?;
     if max > 0 && len > max {
         return None;
     }
-    let body = rest.get(n..n.checked_add(usize::try_from(len).ok()?)?)?;
+    Some((first, rest.get(n..n.checked_add(usize::try_from(len).ok()?)?)?))
+}
+
+fn scan(buf: &[u8], max: u32) -> Option<bool> {
+    let (first, body) = packet(buf, max)?;
     let mut r = Reader(body);
     match first >> 4 {
         // CONNECT: protocol name, level, flags, keep-alive, properties; then the client
@@ -109,21 +148,34 @@ impl Reader<'_> {
     /// Reads a property block; true when it includes a property twice. `None` when it
     /// is cut short or holds an unknown property (the codec reports those).
     fn duplicate_property(&mut self) -> Option<bool> {
+        let mut seen = 0u128;
+        let mut twice = false;
+        self.properties(|id, _| {
+            let bit = 1u128 << id;
+            twice |= id != USER_PROPERTY && seen & bit != 0;
+            seen |= bit;
+        })?;
+        Some(twice)
+    }
+
+    /// Reads a property block, calling `visit` with each property's identifier and
+    /// value bytes. `None` when it is cut short or holds an unknown property.
+    fn properties(&mut self, mut visit: impl FnMut(u8, &[u8])) -> Option<()> {
         let (len, n) = varint(self.0)?;
         self.skip(n)?;
         let block = self.0.get(..usize::try_from(len).ok()?)?;
         self.skip(block.len())?;
         let mut props = Reader(block);
-        let mut seen = 0u128;
         while let Some(id) = props.0.first().copied() {
             props.skip(1)?;
+            let start = props.0;
             match id {
                 // byte
                 0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2a => props.skip(1)?,
                 // two-byte integer
                 0x13 | 0x21 | 0x22 | 0x23 => props.skip(2)?,
                 // four-byte integer
-                0x02 | 0x11 | 0x18 | 0x27 => props.skip(4)?,
+                0x02 | 0x11 | 0x18 | MAXIMUM_PACKET_SIZE => props.skip(4)?,
                 // variable byte integer (Subscription Identifier)
                 0x0b => props.skip(varint(props.0)?.1)?,
                 // UTF-8 string or binary data
@@ -135,12 +187,8 @@ impl Reader<'_> {
                 }
                 _ => return None,
             }
-            let bit = 1u128 << id;
-            if id != USER_PROPERTY && seen & bit != 0 {
-                return Some(true);
-            }
-            seen |= bit;
+            visit(id, &start[..start.len() - props.0.len()]);
         }
-        Some(false)
+        Some(())
     }
 }

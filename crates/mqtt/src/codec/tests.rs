@@ -182,6 +182,64 @@ fn mqtt_1_5_3_1_invalid_utf8_in_connect_strings_is_refused() {
 }
 
 #[test]
+fn mqtt_1_5_4_2_null_character_in_strings_is_malformed() {
+    for seed in [
+        seeds::CONNECT_NULL_CLIENT_ID_V311,
+        seeds::CONNECT_NULL_CLIENT_ID_V5,
+        seeds::CONNECT_NULL_USERNAME_V5,
+        seeds::CONNECT_NULL_WILL_TOPIC_V5,
+        seeds::PUBLISH_NULL_TOPIC_V311,
+        seeds::PUBLISH_NULL_TOPIC_V5,
+        seeds::SUBSCRIBE_NULL_FILTER_V5,
+        seeds::UNSUBSCRIBE_NULL_FILTER_V311,
+    ] {
+        assert_eq!(after(seed), Err(ProtocolError::NullCharacter), "{}", seed.name);
+    }
+    assert_eq!(ProtocolError::NullCharacter.reason_code() as u8, 0x81);
+    assert_eq!(ProtocolError::NullCharacter.connack_code(), ConnAckCode::MalformedPacket);
+    // the payload is not a string: U+0000 there is data
+    let r = connected(CONNECT_V311, b"\x30\x05\x00\x01a\x00\x00").unwrap();
+    assert!(matches!(r.as_slice(), [Inbound::Publish(p)] if p.payload[..] == b"\0\0"[..]));
+}
+
+#[test]
+fn mqtt_3_3_4_6_subscription_identifier_in_a_client_publish_is_a_protocol_error() {
+    let r = after(seeds::PUBLISH_SUBSCRIPTION_ID_V5);
+    assert_eq!(r, Err(ProtocolError::SubscriptionIdFromClient));
+    assert_eq!(ProtocolError::SubscriptionIdFromClient.reason_code() as u8, 0x82);
+}
+
+#[test]
+fn version_and_maximum_packet_size_are_known_when_an_mqtt5_connect_fails_to_decode() {
+    // Maximum Packet Size 200, then two Session Expiry Intervals
+    let bytes = b"\x10\x1f\x00\x04MQTT\x05\x02\x00\x3c\x0f\x27\x00\x00\x00\xc8\x11\x00\x00\x00\x0a\x11\x00\x00\x00\x0a\x00\x03abc";
+    let mut d = Decoder::new(1024);
+    let mut buf = BytesMut::from(&bytes[..]);
+    assert_eq!(d.decode(&mut buf), Err(ProtocolError::DuplicateProperty));
+    assert_eq!(d.version(), Some(ProtocolVersion::V5));
+    assert_eq!(d.connect_maximum_packet_size(), Some(200));
+    assert_eq!(ProtocolError::DuplicateProperty.connack_code(), ConnAckCode::ProtocolError);
+    // no Maximum Packet Size: Some(0), no limit
+    let mut d = Decoder::new(1024);
+    assert_eq!(
+        d.decode(&mut BytesMut::from(seeds::CONNECT_NULL_CLIENT_ID_V5.bytes)),
+        Err(ProtocolError::NullCharacter)
+    );
+    assert_eq!((d.version(), d.connect_maximum_packet_size()), (Some(ProtocolVersion::V5), Some(0)));
+    // a property block that cannot be read: unknown
+    let mut d = Decoder::new(1024);
+    assert!(d.decode(&mut BytesMut::from(seeds::PROPERTY_LENGTH_FIVE_BYTES_V5.bytes)).is_err());
+    let mut d = Decoder::new(1024);
+    let bad_block = b"\x10\x11\x00\x04MQTT\x05\x02\x00\x3c\x01\x7f\x00\x03abc";
+    assert!(d.decode(&mut BytesMut::from(&bad_block[..])).is_err());
+    assert_eq!((d.version(), d.connect_maximum_packet_size()), (Some(ProtocolVersion::V5), None));
+    // 3.x: no CONNACK code for a malformed CONNECT
+    let mut d = Decoder::new(1024);
+    assert!(d.decode(&mut BytesMut::from(seeds::CONNECT_NULL_CLIENT_ID_V311.bytes)).is_err());
+    assert_eq!((d.version(), d.connect_maximum_packet_size()), (Some(ProtocolVersion::V3_1_1), None));
+}
+
+#[test]
 fn mqtt_4_7_3_1_empty_topic_name_is_refused() {
     assert_eq!(after(seeds::PUBLISH_EMPTY_TOPIC_V311), Err(ProtocolError::InvalidTopicName));
 }
@@ -221,6 +279,31 @@ fn mqtt5_2_2_2_2_property_included_twice_is_refused() {
     let r =
         connected(CONNECT_V5, b"\x30\x13\x00\x01a\x0e\x26\x00\x01k\x00\x01v\x26\x00\x01k\x00\x01wx").unwrap();
     assert!(matches!(r.as_slice(), [Inbound::Publish(p)] if p.properties.user_properties.len() == 2));
+}
+
+#[test]
+fn property_included_twice_is_found_in_a_packet_that_arrives_byte_by_byte() {
+    for seed in
+        [seeds::PUBLISH_TWO_PAYLOAD_FORMAT_INDICATORS_V5, seeds::CONNECT_TWO_SESSION_EXPIRY_INTERVALS_V5]
+    {
+        let mut d = Decoder::new(1024);
+        let mut buf = BytesMut::new();
+        if seed.before == Before::ConnectV5 {
+            buf.extend_from_slice(CONNECT_V5);
+            assert!(matches!(d.decode(&mut buf), Ok(Some(Inbound::Connect(_)))));
+        }
+        let (last, first) = seed.bytes.split_last().unwrap();
+        for &b in first {
+            buf.extend_from_slice(&[b]);
+            assert_eq!(d.decode(&mut buf), Ok(None), "{}", seed.name);
+        }
+        buf.extend_from_slice(&[*last]);
+        assert_eq!(d.decode(&mut buf), Err(ProtocolError::DuplicateProperty), "{}", seed.name);
+        if seed.before == Before::Nothing {
+            // and the CONNECT's (absent) Maximum Packet Size was read
+            assert_eq!(d.connect_maximum_packet_size(), Some(0));
+        }
+    }
 }
 
 #[test]
@@ -323,6 +406,29 @@ fn refused_connack_codes_per_version() {
         // 3.x has no connection-rate code
         (ConnAckCode::ConnectionRate, 0x05, 0x9f),
     ];
+    // 3.x has no code for a malformed CONNECT: its CONNACK encodes to nothing
+    for (code, v5) in [
+        (ConnAckCode::MalformedPacket, 0x81),
+        (ConnAckCode::ProtocolError, 0x82),
+        (ConnAckCode::TopicNameInvalid, 0x90),
+        (ConnAckCode::PacketTooLarge, 0x95),
+    ] {
+        let connack = |code| Outbound::ConnAck {
+            session_present: false,
+            code,
+            assigned_client_id: None,
+            server_keep_alive: None,
+            receive_maximum: 1,
+            maximum_packet_size: 0,
+            topic_alias_maximum: 0,
+            reason_string: None,
+        };
+        let mut buf = BytesMut::new();
+        Encoder::new(ProtocolVersion::V3_1_1, 0).encode(connack(code), &mut buf).unwrap();
+        assert!(buf.is_empty(), "{code:?} over 3.1.1: {buf:?}");
+        Encoder::new(ProtocolVersion::V5, 0).encode(connack(code), &mut buf).unwrap();
+        assert_eq!((buf[0], buf[3]), (0x20, v5), "{code:?} over 5.0");
+    }
     for (code, v3, v5) in cases {
         for (version, want) in [(ProtocolVersion::V3_1_1, v3), (ProtocolVersion::V5, v5)] {
             let mut buf = BytesMut::new();

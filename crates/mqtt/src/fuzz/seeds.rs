@@ -158,6 +158,50 @@ pub const CONNECT_INVALID_UTF8_WILL_TOPIC_V5: Seed = seed(
     Refused,
 );
 
+// U+0000 in the strings the broker acts on ([MQTT-1.5.4-2]; 3.1.1: [MQTT-1.5.3-2]):
+// well-formed UTF-8, so the codec lets it through, but a Malformed Packet all the same.
+
+/// Client id `a\0c`.
+pub const CONNECT_NULL_CLIENT_ID_V311: Seed = seed(
+    "connect-null-client-id-v311",
+    Nothing,
+    b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x3c\x00\x03a\x00c",
+    Refused,
+);
+/// MQTT 5 client id `a\0c`.
+pub const CONNECT_NULL_CLIENT_ID_V5: Seed = seed(
+    "connect-null-client-id-v5",
+    Nothing,
+    b"\x10\x10\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x03a\x00c",
+    Refused,
+);
+/// MQTT 5 user name `u\0s`.
+pub const CONNECT_NULL_USERNAME_V5: Seed = seed(
+    "connect-null-username-v5",
+    Nothing,
+    b"\x10\x15\x00\x04MQTT\x05\x82\x00\x3c\x00\x00\x03abc\x00\x03u\x00s",
+    Refused,
+);
+/// MQTT 5 will topic `w\0t` (after an empty will property block).
+pub const CONNECT_NULL_WILL_TOPIC_V5: Seed = seed(
+    "connect-null-will-topic-v5",
+    Nothing,
+    b"\x10\x19\x00\x04MQTT\x05\x06\x00\x3c\x00\x00\x03abc\x00\x00\x03w\x00t\x00\x01m",
+    Refused,
+);
+/// PUBLISH to `a\0b`.
+pub const PUBLISH_NULL_TOPIC_V311: Seed =
+    seed("publish-null-topic-v311", ConnectV311, b"\x30\x06\x00\x03a\x00bx", Refused);
+/// MQTT 5 PUBLISH to `a\0b`.
+pub const PUBLISH_NULL_TOPIC_V5: Seed =
+    seed("publish-null-topic-v5", ConnectV5, b"\x30\x07\x00\x03a\x00b\x00x", Refused);
+/// MQTT 5 SUBSCRIBE to `a\0b`.
+pub const SUBSCRIBE_NULL_FILTER_V5: Seed =
+    seed("subscribe-null-filter-v5", ConnectV5, b"\x82\x09\x00\x01\x00\x00\x03a\x00b\x00", Refused);
+/// UNSUBSCRIBE from `a\0b`.
+pub const UNSUBSCRIBE_NULL_FILTER_V311: Seed =
+    seed("unsubscribe-null-filter-v311", ConnectV311, b"\xa2\x07\x00\x01\x00\x03a\x00b", Refused);
+
 // Zero-length topics and filters ([MQTT-4.7.3-1]).
 
 /// PUBLISH with an empty topic.
@@ -200,6 +244,10 @@ pub const SUBSCRIBE_TWO_SUBSCRIPTION_IDS_V5: Seed = seed(
     b"\x82\x0b\x00\x01\x04\x0b\x01\x0b\x02\x00\x01a\x00",
     Refused,
 );
+/// PUBLISH with a Subscription Identifier (1): only a server may send one
+/// ([MQTT-3.3.4-6]: a Protocol Error).
+pub const PUBLISH_SUBSCRIPTION_ID_V5: Seed =
+    seed("publish-subscription-id-v5", ConnectV5, b"\x30\x08\x00\x01a\x02\x0b\x01hi", Refused);
 
 /// The shapes that broke other brokers: each must be refused (or waited on) without a
 /// panic, and each has a decoder test and, where it can reach one, a broker test.
@@ -223,6 +271,14 @@ pub const CRASH_CLASSES: &[Seed] = &[
     CONNECT_INVALID_UTF8_CLIENT_ID_V5,
     CONNECT_SURROGATE_USERNAME_V5,
     CONNECT_INVALID_UTF8_WILL_TOPIC_V5,
+    CONNECT_NULL_CLIENT_ID_V311,
+    CONNECT_NULL_CLIENT_ID_V5,
+    CONNECT_NULL_USERNAME_V5,
+    CONNECT_NULL_WILL_TOPIC_V5,
+    PUBLISH_NULL_TOPIC_V311,
+    PUBLISH_NULL_TOPIC_V5,
+    SUBSCRIBE_NULL_FILTER_V5,
+    UNSUBSCRIBE_NULL_FILTER_V311,
     PUBLISH_EMPTY_TOPIC_V311,
     PUBLISH_EMPTY_TOPIC_WITHOUT_ALIAS_V5,
     SUBSCRIBE_EMPTY_FILTER_V311,
@@ -231,6 +287,7 @@ pub const CRASH_CLASSES: &[Seed] = &[
     PUBLISH_TWO_PAYLOAD_FORMAT_INDICATORS_V5,
     CONNECT_TWO_SESSION_EXPIRY_INTERVALS_V5,
     SUBSCRIBE_TWO_SUBSCRIPTION_IDS_V5,
+    PUBLISH_SUBSCRIPTION_ID_V5,
 ];
 
 /// Valid packets of each type, as starting points for the fuzzer's mutations.
