@@ -230,6 +230,17 @@ impl Broker {
         sessions::restore(&self.shared, snapshot)
     }
 
+    /// After [`Broker::restore`]: appends stored deliveries (each with its session's
+    /// client id, in `seq` order per session) to the restored sessions, so start-up can
+    /// read them from disk a page at a time. Returns how many were put back (those of
+    /// sessions not restored are skipped).
+    pub fn restore_deliveries(
+        &mut self,
+        deliveries: Vec<(telehub_core::ClientId, persist::MessageRecord)>,
+    ) -> usize {
+        sessions::restore_deliveries(&self.shared, deliveries)
+    }
+
     /// A handle on the broker's live connections ([`Control::disconnect_where`]),
     /// valid before, while and after the broker runs.
     pub fn control(&self) -> Control {

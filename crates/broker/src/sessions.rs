@@ -798,22 +798,7 @@ pub(crate) fn restore(shared: &Shared, snapshot: Snapshot) -> (usize, usize) {
             }
             for m in stored.messages {
                 next_seq = next_seq.max(m.seq + 1);
-                let delivery = Delivery {
-                    message: m.message,
-                    qos: m.qos,
-                    retain: m.retain,
-                    subscription_ids: m.subscription_ids,
-                    expires_at: m.expires_at.map(|w| clock.to_broker(w)),
-                    persist_id: Some(m.seq),
-                };
-                match m.inflight {
-                    Some((packet_id, stage)) if st.session.inflight() < usize::from(u16::MAX) - 1 => {
-                        if !st.session.restore_inflight(packet_id, delivery.clone(), stage) {
-                            st.session.restore_queued(delivery);
-                        }
-                    }
-                    _ => st.session.restore_queued(delivery),
-                }
+                restore_delivery(&mut st.session, m, &clock);
                 deliveries += 1;
             }
             for id in stored.incoming_qos2 {
@@ -825,4 +810,45 @@ pub(crate) fn restore(shared: &Shared, snapshot: Snapshot) -> (usize, usize) {
     }
     shared.persist_seq.fetch_max(next_seq, Ordering::Relaxed);
     (sessions, deliveries)
+}
+
+/// Puts one stored delivery back into its session: in flight again (resent with DUP, or
+/// as PUBREL) if it was, else queued.
+fn restore_delivery(session: &mut telehub_mqtt::Session, m: MessageRecord, clock: &crate::persist::Clock) {
+    let delivery = Delivery {
+        message: m.message,
+        qos: m.qos,
+        retain: m.retain,
+        subscription_ids: m.subscription_ids,
+        expires_at: m.expires_at.map(|w| clock.to_broker(w)),
+        persist_id: Some(m.seq),
+    };
+    match m.inflight {
+        Some((packet_id, stage)) if session.inflight() < usize::from(u16::MAX) - 1 => {
+            if !session.restore_inflight(packet_id, delivery.clone(), stage) {
+                session.restore_queued(delivery);
+            }
+        }
+        _ => session.restore_queued(delivery),
+    }
+}
+
+/// Appends `deliveries` (each with its session's client id, in each session's `seq`
+/// order) to restored sessions, after [`restore`]: start-up reads them from disk a page at
+/// a time. Deliveries of a session that was not restored are skipped. Returns how many
+/// were put back.
+pub(crate) fn restore_deliveries(shared: &Shared, deliveries: Vec<(ClientId, MessageRecord)>) -> usize {
+    let clock = shared.clock();
+    let mut restored = 0;
+    let mut next_seq = 0;
+    let map = shared.sessions.map();
+    for (client_id, m) in deliveries {
+        let Some(entry) = map.get(&client_id) else { continue };
+        next_seq = u64::max(next_seq, m.seq + 1);
+        restore_delivery(&mut entry.lock().session, m, &clock);
+        restored += 1;
+    }
+    drop(map);
+    shared.persist_seq.fetch_max(next_seq, Ordering::Relaxed);
+    restored
 }

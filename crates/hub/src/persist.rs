@@ -214,8 +214,12 @@ impl<S: SessionStore> Writer<S> {
     }
 }
 
-/// Reads the broker's durable state from `store`. Rows that cannot be decoded are
-/// skipped with a warning.
+/// Deliveries read from the store at a time by [`restore_deliveries`].
+pub const RESTORE_PAGE: usize = 1024;
+
+/// Reads the broker's durable state from `store`, but for the sessions' deliveries
+/// ([`restore_deliveries`] reads those a page at a time). Rows that cannot be decoded
+/// are skipped with a warning.
 ///
 /// # Errors
 ///
@@ -241,16 +245,6 @@ pub async fn load<S: SessionStore>(store: &S) -> Result<Snapshot, StoreError> {
             None => warn!(%client_id, "stored session cannot be decoded: skipped"),
         }
     }
-    for m in state.messages {
-        let Some(s) = by_id.get_mut(&m.client_id) else { continue };
-        let inflight = m.inflight.map(|(id, stage)| {
-            (id, if stage == 2 { InflightStage::Released } else { InflightStage::Published })
-        });
-        match decode_message(u64::try_from(m.seq).unwrap_or_default(), &m.body, inflight) {
-            Some(record) => s.messages.push(record),
-            None => warn!(client_id = %m.client_id, seq = m.seq, "stored message cannot be decoded: skipped"),
-        }
-    }
     for (client_id, packet_id) in state.incoming_qos2 {
         if let Some(s) = by_id.get_mut(&client_id) {
             s.incoming_qos2.push(packet_id);
@@ -258,6 +252,43 @@ pub async fn load<S: SessionStore>(store: &S) -> Result<Snapshot, StoreError> {
     }
     snapshot.sessions = by_id.into_values().collect();
     Ok(snapshot)
+}
+
+/// After [`load`] and [`Broker::restore`](telehub_broker::Broker::restore): reads the
+/// stored deliveries [`RESTORE_PAGE`] at a time and hands each page to `broker`, so
+/// start-up never holds more than one page of rows besides the session queues (which
+/// the queue limits bound). Returns how many deliveries were restored.
+///
+/// # Errors
+///
+/// The store's, when it cannot be read.
+pub async fn restore_deliveries<S: SessionStore>(
+    store: &S,
+    broker: &mut telehub_broker::Broker,
+) -> Result<usize, StoreError> {
+    let mut after = None;
+    let mut restored = 0;
+    loop {
+        let page = store.session_messages(after.take(), RESTORE_PAGE).await?;
+        let full = page.len() == RESTORE_PAGE;
+        after = page.last().map(|m| (m.client_id.clone(), m.seq));
+        let mut records = Vec::with_capacity(page.len());
+        for m in page {
+            let inflight = m.inflight.map(|(id, stage)| {
+                (id, if stage == 2 { InflightStage::Released } else { InflightStage::Published })
+            });
+            match decode_message(u64::try_from(m.seq).unwrap_or_default(), &m.body, inflight) {
+                Some(record) => records.push((ClientId::new(m.client_id), record)),
+                None => {
+                    warn!(client_id = %m.client_id, seq = m.seq, "stored message cannot be decoded: skipped");
+                }
+            }
+        }
+        restored += broker.restore_deliveries(records);
+        if !full {
+            return Ok(restored);
+        }
+    }
 }
 
 fn encode_op(op: &Op) -> SessionChange {
@@ -608,5 +639,46 @@ mod tests {
         assert_eq!(topic, "a/b");
         assert_eq!(decode_retained(&body), Some(r));
         assert_eq!(decode_retained(&body[..body.len() - 1]), None, "truncated");
+    }
+
+    #[tokio::test]
+    async fn start_up_restores_every_delivery_a_page_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            telehub_store::Store::open(&telehub_store::Config::default(), dir.path()).await.unwrap(),
+        );
+        let session = |id: &str| SessionRecord {
+            client_id: ClientId::new(id.to_owned()),
+            expiry: Some(Duration::from_secs(3600)),
+            disconnected_at: Some(SystemTime::now()),
+            subscriptions: vec![],
+        };
+        let mut changes =
+            vec![encode_op(&Op::PutSession(session("a"))), encode_op(&Op::PutSession(session("b")))];
+        // more than two pages, interleaved between the sessions as routing writes them
+        let total = 2 * RESTORE_PAGE + 100;
+        for seq in 0..total {
+            let client = if seq % 3 == 0 { "a" } else { "b" };
+            let record = MessageRecord {
+                seq: seq as u64,
+                message: Arc::new(message()),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                subscription_ids: vec![],
+                expires_at: None,
+                inflight: None,
+            };
+            changes.push(encode_op(&Op::PutMessage(ClientId::new(client.to_owned()), record)));
+        }
+        store.session_apply(changes).await.unwrap();
+
+        let config = telehub_broker::Config { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
+        let mut broker = telehub_broker::Broker::bind(config, None).await.unwrap();
+        let snapshot = load(&*store).await.unwrap();
+        assert!(snapshot.sessions.iter().all(|s| s.messages.is_empty()), "deliveries come in pages");
+        let (journal, _writer) = Journal::new(store.clone(), DEFAULT_CAPACITY);
+        assert_eq!(broker.restore(Arc::new(journal), snapshot), (2, 0));
+        assert_eq!(restore_deliveries(&*store, &mut broker).await.unwrap(), total);
+        store.close().await;
     }
 }

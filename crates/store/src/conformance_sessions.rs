@@ -18,12 +18,35 @@ fn stored(client_id: &str, seq: i64, body: &[u8], inflight: Option<(u16, u8)>) -
     StoredMessage { client_id: client_id.into(), seq, body: body.to_vec(), inflight }
 }
 
-async fn load(h: &Harness) -> SessionState {
-    h.store.session_load().await.unwrap()
+/// What start-up reads: [`SessionState`] and every delivery, paged by `PAGE`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Loaded {
+    retained: Vec<(String, Vec<u8>)>,
+    sessions: Vec<(String, Vec<u8>)>,
+    messages: Vec<StoredMessage>,
+    incoming_qos2: Vec<(String, u16)>,
+}
+
+/// Small, so that the cases cross page boundaries.
+const PAGE: usize = 3;
+
+async fn load(h: &Harness) -> Loaded {
+    let SessionState { retained, sessions, incoming_qos2 } = h.store.session_load().await.unwrap();
+    let mut messages: Vec<StoredMessage> = Vec::new();
+    loop {
+        let after = messages.last().map(|m| (m.client_id.clone(), m.seq));
+        let page = h.store.session_messages(after, PAGE).await.unwrap();
+        assert!(page.len() <= PAGE, "a page holds at most its limit");
+        let done = page.len() < PAGE;
+        messages.extend(page);
+        if done {
+            return Loaded { retained, sessions, messages, incoming_qos2 };
+        }
+    }
 }
 
 pub(super) async fn mqtt_retained_set_replace_clear_and_survive_reopen(h: &mut Harness) {
-    assert_eq!(load(h).await, SessionState::default());
+    assert_eq!(load(h).await, Loaded::default());
     let put = |t: &str, b: &[u8]| SessionChange::PutRetained { topic: t.into(), body: b.to_vec() };
     h.store
         .session_apply(vec![put("b/1", b"one"), put("a/1", b"\x00\xff"), put("b/1", b"two")])

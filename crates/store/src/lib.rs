@@ -565,6 +565,7 @@ impl OutboxStore for Store {
 impl SessionStore for Store {
     dispatch! {
         session_load() -> sessions::SessionState;
+        session_messages(after: Option<(String, i64)>, limit: usize) -> Vec<sessions::StoredMessage>;
         session_apply(changes: Vec<sessions::SessionChange>) -> ();
     }
 }

@@ -94,15 +94,14 @@ pub struct StoredMessage {
     pub inflight: Option<(u16, u8)>,
 }
 
-/// Everything [`SessionStore::session_load`] reads.
+/// What [`SessionStore::session_load`] reads: everything but the deliveries, which
+/// [`SessionStore::session_messages`] reads page by page.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionState {
     /// `(topic, body)`, by topic.
     pub retained: Vec<(String, Vec<u8>)>,
     /// `(client_id, body)`, by client id.
     pub sessions: Vec<(String, Vec<u8>)>,
-    /// Deliveries by `(client_id, seq)`; only those of stored sessions.
-    pub messages: Vec<StoredMessage>,
     /// `(client_id, packet_id)`, by client id then packet id; only of stored sessions.
     pub incoming_qos2: Vec<(String, u16)>,
 }
@@ -113,8 +112,17 @@ pub struct SessionState {
 /// order of batches is the order of its calls. A batch is durable when its future
 /// resolves `Ok`, and is all or nothing.
 pub trait SessionStore: Send + Sync + 'static {
-    /// Reads everything (at start).
+    /// Reads everything but the deliveries (at start).
     fn session_load(&self) -> impl Future<Output = Result<SessionState, StoreError>> + Send;
+
+    /// The deliveries of stored sessions after position `after` (`(client_id, seq)`;
+    /// `None`: from the first), in `(client_id, seq)` order, at most `limit`. Start-up
+    /// reads them a page at a time, never all at once.
+    fn session_messages(
+        &self,
+        after: Option<(String, i64)>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<StoredMessage>, StoreError>> + Send;
 
     /// Applies `changes` in order, in one transaction.
     fn session_apply(

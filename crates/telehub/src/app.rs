@@ -124,7 +124,8 @@ impl App {
             let snapshot = telehub_hub::persist::load(&*store).await?;
             let (journal, writer) =
                 telehub_hub::persist::Journal::new(store.clone(), telehub_hub::persist::DEFAULT_CAPACITY);
-            let (sessions, deliveries) = broker.restore(Arc::new(journal), snapshot);
+            let (sessions, _) = broker.restore(Arc::new(journal), snapshot);
+            let deliveries = telehub_hub::persist::restore_deliveries(&*store, &mut broker).await?;
             info!(sessions, deliveries, "restored the broker's durable state");
             Some(writer)
         } else {

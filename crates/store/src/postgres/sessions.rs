@@ -23,11 +23,36 @@ impl SessionStore for PgStore {
                 .await
                 .map_err(backend)?,
         );
-        let messages = client
+        let incoming_qos2 = client
+            .query(
+                "SELECT q.client_id, q.packet_id FROM mqtt_incoming_qos2 q \
+                 JOIN mqtt_sessions s ON s.client_id = q.client_id ORDER BY q.client_id, q.packet_id",
+                &[],
+            )
+            .await
+            .map_err(backend)?
+            .iter()
+            .filter_map(|r| u16::try_from(r.get::<_, i32>(1)).ok().map(|id| (r.get(0), id)))
+            .collect();
+        Ok(SessionState { retained, sessions, incoming_qos2 })
+    }
+
+    async fn session_messages(
+        &self,
+        after: Option<(String, i64)>,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let client = self.client().await?;
+        let first = after.is_none();
+        let (client_id, seq) = after.unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(client
             .query(
                 "SELECT m.client_id, m.seq, m.body, m.packet_id, m.stage FROM mqtt_messages m \
-                 JOIN mqtt_sessions s ON s.client_id = m.client_id ORDER BY m.client_id, m.seq",
-                &[],
+                 JOIN mqtt_sessions s ON s.client_id = m.client_id \
+                 WHERE $1 OR m.client_id > $2 OR (m.client_id = $2 AND m.seq > $3) \
+                 ORDER BY m.client_id, m.seq LIMIT $4",
+                &[&first, &client_id, &seq, &limit],
             )
             .await
             .map_err(backend)?
@@ -41,19 +66,7 @@ impl SessionStore for PgStore {
                     i64::from(r.get::<_, i16>(4)),
                 ),
             })
-            .collect();
-        let incoming_qos2 = client
-            .query(
-                "SELECT q.client_id, q.packet_id FROM mqtt_incoming_qos2 q \
-                 JOIN mqtt_sessions s ON s.client_id = q.client_id ORDER BY q.client_id, q.packet_id",
-                &[],
-            )
-            .await
-            .map_err(backend)?
-            .iter()
-            .filter_map(|r| u16::try_from(r.get::<_, i32>(1)).ok().map(|id| (r.get(0), id)))
-            .collect();
-        Ok(SessionState { retained, sessions, messages, incoming_qos2 })
+            .collect())
     }
 
     async fn session_apply(&self, changes: Vec<SessionChange>) -> Result<(), StoreError> {

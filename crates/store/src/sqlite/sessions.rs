@@ -18,20 +18,6 @@ impl SessionStore for SqliteStore {
             let retained = pairs("SELECT topic, body FROM mqtt_retained ORDER BY topic")?;
             let sessions = pairs("SELECT client_id, body FROM mqtt_sessions ORDER BY client_id")?;
             let mut stmt = c.prepare(
-                "SELECT m.client_id, m.seq, m.body, m.packet_id, m.stage FROM mqtt_messages m \
-                 JOIN mqtt_sessions s ON s.client_id = m.client_id ORDER BY m.client_id, m.seq",
-            )?;
-            let messages = stmt
-                .query_map([], |r| {
-                    Ok(StoredMessage {
-                        client_id: r.get(0)?,
-                        seq: r.get(1)?,
-                        body: r.get(2)?,
-                        inflight: sessions::inflight(r.get(3)?, r.get(4)?),
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let mut stmt = c.prepare(
                 "SELECT q.client_id, q.packet_id FROM mqtt_incoming_qos2 q \
                  JOIN mqtt_sessions s ON s.client_id = q.client_id ORDER BY q.client_id, q.packet_id",
             )?;
@@ -42,7 +28,35 @@ impl SessionStore for SqliteStore {
                     Err(e) => Some(Err(e)),
                 })
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(SessionState { retained, sessions, messages, incoming_qos2 })
+            Ok(SessionState { retained, sessions, incoming_qos2 })
+        })
+        .await
+    }
+
+    async fn session_messages(
+        &self,
+        after: Option<(String, i64)>,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let first = after.is_none();
+        let (client_id, seq) = after.unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT m.client_id, m.seq, m.body, m.packet_id, m.stage FROM mqtt_messages m \
+                 JOIN mqtt_sessions s ON s.client_id = m.client_id \
+                 WHERE ?1 OR m.client_id > ?2 OR (m.client_id = ?2 AND m.seq > ?3) \
+                 ORDER BY m.client_id, m.seq LIMIT ?4",
+            )?;
+            stmt.query_map(rusqlite::params![first, client_id, seq, limit], |r| {
+                Ok(StoredMessage {
+                    client_id: r.get(0)?,
+                    seq: r.get(1)?,
+                    body: r.get(2)?,
+                    inflight: sessions::inflight(r.get(3)?, r.get(4)?),
+                })
+            })?
+            .collect()
         })
         .await
     }
