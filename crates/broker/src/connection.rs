@@ -1150,14 +1150,23 @@ async fn write_loop<W: WriteHalf>(mut w: Writer<W>) {
             }
         }
         let now = BrokerTime(w.started.elapsed());
-        let more =
+        let (more, durable) =
             match w.entry.drain(w.conn, &mut w.encoder, &mut buf, WRITE_BATCH, (now, &w.stats, &w.shared)) {
-                Ok((sent, more)) => {
+                Ok((sent, more, durable)) => {
                     Stats::add(&w.stats.messages_sent, sent);
-                    more
+                    (more, durable)
                 }
-                Err(_) => false, // taken over: the new connection delivers
+                Err(_) => (false, false), // taken over: the new connection delivers
             };
+        // a QoS 2 delivery of a session on disk goes out once its record is committed
+        // (see `SessionEntry::drain`); a failed commit is logged by the journal, and
+        // the delivery goes out as it would without persistence
+        if durable && let Some(persist) = w.shared.persist.as_deref() {
+            tokio::select! {
+                _ = persist.flush() => {}
+                _ = w.stop.cancelled() => return,
+            }
+        }
         if !buf.is_empty() {
             let len = buf.len() as u64;
             let written = async {

@@ -305,8 +305,11 @@ impl SessionEntry {
     }
 
     /// Encodes what may be sent now (queued deliveries within the in-flight window) into
-    /// `buf`, up to `max_bytes`. Returns how many PUBLISHes it encoded and whether more
-    /// are ready.
+    /// `buf`, up to `max_bytes`. Returns how many PUBLISHes it encoded, whether more are
+    /// ready, and whether `buf` holds a QoS 2 PUBLISH of a session kept on disk: that one
+    /// must not reach the client before what recorded it is committed, else a crash in
+    /// between would have the publisher send it again after the restart and the client
+    /// receive it twice.
     pub(crate) fn drain(
         &self,
         conn: u64,
@@ -314,15 +317,19 @@ impl SessionEntry {
         buf: &mut BytesMut,
         max_bytes: usize,
         (now, stats, shared): (BrokerTime, &Stats, &Shared),
-    ) -> Result<(u64, bool), NotOwner> {
+    ) -> Result<(u64, bool, bool), NotOwner> {
         let mut st = self.lock_owned(conn)?;
         let mut sent = 0;
         let mut more = false;
+        let mut exactly_once = false;
         let expired_before = st.session.expired();
         while buf.len() < max_bytes {
             let Some(packet) = st.session.next_outgoing(now) else { break };
             let packet_id = match &packet {
-                Outbound::Publish { packet_id, .. } => *packet_id,
+                Outbound::Publish { packet_id, qos, .. } => {
+                    exactly_once |= *qos == QoS::ExactlyOnce;
+                    *packet_id
+                }
                 _ => None,
             };
             if let Err(e) = encoder.encode(packet, buf) {
@@ -341,6 +348,7 @@ impl SessionEntry {
             Stats::add(&stats.messages_expired, expired);
         }
         st.sync(shared, &self.client_id);
+        let durable = exactly_once && st.is_persistent() && shared.persist.is_some();
         let freed = sent > 0 || expired > 0;
         if st.session.has_room() {
             st.dropping = false;
@@ -349,7 +357,7 @@ impl SessionEntry {
         if freed {
             self.room.notify_waiters();
         }
-        Ok((sent, more))
+        Ok((sent, more, durable))
     }
 }
 

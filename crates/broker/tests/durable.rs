@@ -325,6 +325,33 @@ async fn a_qos2_publish_resent_after_a_restore_is_not_routed_twice() {
     assert!(disk2.snapshot().sessions.iter().all(|s| s.incoming_qos2.is_empty() && s.messages.is_empty()));
 }
 
+/// The window a crash could otherwise open: a QoS 2 message forwarded to a connected
+/// persistent session before its record is committed would, after a restart, be routed
+/// again when its publisher (never PUBRECed) sends it again, and reach the client twice.
+#[tokio::test]
+async fn a_qos2_delivery_to_a_persistent_session_goes_out_only_once_committed() {
+    let disk = Disk::new();
+    let broker = Running::start(&disk, Snapshot::default()).await;
+    let (mut sub, _) = broker.client(&persistent("sub2")).await;
+    assert_eq!(sub.subscribe(1, &[("q/#", 2), ("one/#", 1)]).await, [2, 1]);
+    let (mut publisher, _) = broker.client(&Connect::v311("pub2")).await;
+    disk.gate.send_replace(false);
+    publisher.send(&Publish::new(Version::V311, "q/1", b"exactly").qos(2, 1).to_bytes()).await;
+    assert!(
+        sub.next_packet_within(Duration::from_millis(300)).await.is_none(),
+        "a QoS 2 delivery left before its record was committed"
+    );
+    assert_eq!(seqs_put(&disk.ops()).len(), 1, "recorded, waiting for the commit");
+    disk.gate.send_replace(true);
+    let p = sub.expect_publish().await;
+    assert_eq!((p.topic.as_str(), p.payload.as_slice(), p.qos), ("q/1", &b"exactly"[..], 2));
+    let rec = publisher.next_packet().await;
+    assert_eq!((rec.kind(), rec.packet_id()), (5, 1), "PUBREC once committed");
+    sub.disconnect().await;
+    publisher.disconnect().await;
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn retained_messages_are_kept_and_clean_sessions_record_nothing() {
     let disk = Disk::new();
