@@ -233,8 +233,11 @@ async fn mqtt_3_1_2_11_6_request_response_information_is_accepted_and_none_retur
     let mut c = broker.raw().await;
     c.send(&login("r").request_response_information(2).to_bytes()).await;
     let ack = c.next_packet().await.connack(Version::V5);
-    assert_eq!(ack.code, 0x81, "{ack:?}"); // the codec reports a Malformed Packet
-    assert_eq!(ack.properties.string(property::REASON_STRING), Some("malformed packet"));
+    assert_eq!(ack.code, 0x82, "{ack:?}"); // Protocol Error ([MQTT-3.1.2-28], §3.1.2.11.6)
+    assert_eq!(
+        ack.properties.string(property::REASON_STRING),
+        Some("request information property 0x19 must be 0 or 1, not 2")
+    );
     c.expect_closed().await;
     broker.client(&login("after")).await.0.disconnect().await; // still serving
 }

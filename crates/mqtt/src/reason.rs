@@ -56,6 +56,15 @@ pub enum ProtocolError {
     /// Session Expiry Interval).
     #[error("property included twice")]
     DuplicateProperty,
+    /// [MQTT-3.1.2-28] / §3.1.2.11.6: Request Problem Information or Request Response
+    /// Information other than 0 or 1.
+    #[error("request information property {id:#04x} must be 0 or 1, not {value}")]
+    BadRequestFlag {
+        /// The property identifier (0x17 or 0x19).
+        id: u8,
+        /// The value sent.
+        value: u8,
+    },
     /// A packet type a server never receives (CONNACK, SUBACK, ...).
     #[error("packet type not allowed from a client")]
     UnexpectedPacket,
@@ -100,6 +109,7 @@ impl ProtocolError {
             Self::UnknownPacketId
             | Self::SharedNoLocal
             | Self::DuplicateProperty
+            | Self::BadRequestFlag { .. }
             | Self::EmptyTopicWithoutAlias
             | Self::SubscriptionIdFromClient => DisconnectReasonCode::ProtocolError,
             Self::MalformedPacket | Self::InvalidUtf8 | Self::NullCharacter => {
@@ -135,6 +145,7 @@ impl ProtocolError {
             Self::FirstPacketNotConnect
             | Self::SecondConnect
             | Self::DuplicateProperty
+            | Self::BadRequestFlag { .. }
             | Self::EmptyTopicWithoutAlias
             | Self::SubscriptionIdFromClient
             | Self::UnexpectedPacket

@@ -143,6 +143,10 @@ impl Decoder {
                 if properties::has_duplicate_property(buf, self.max_packet_size) {
                     return Err(ProtocolError::DuplicateProperty);
                 }
+                // and a property the spec forbids there, or a value it forbids
+                if let Some(e) = properties::bad_property(buf, self.max_packet_size) {
+                    return Err(e);
+                }
                 let Some((packet, _)) = codec.decode(buf)? else { return Ok(None) };
                 let inbound = v5_in(packet)?;
                 self.connected |= matches!(inbound, Inbound::Connect(_));

@@ -3,12 +3,22 @@
 //! reports it as a Malformed Packet (0x81), indistinguishable from a bad length. Also
 //! reads a CONNECT's Maximum Packet Size before the codec decodes it, so a CONNECT the
 //! codec refuses can still be answered within the client's limit, and tells a packet
-//! whose body is still arriving, so that both scans see whole packets.
+//! whose body is still arriving, so that both scans see whole packets; and finds the
+//! properties whose presence or value is a Protocol Error the codec would also report as
+//! malformed (a client's Subscription Identifier, a request flag other than 0 or 1).
+
+use crate::ProtocolError;
 
 /// User Property: the only property a client may repeat.
 const USER_PROPERTY: u8 = 0x26;
 /// Maximum Packet Size (a four-byte integer).
 const MAXIMUM_PACKET_SIZE: u8 = 0x27;
+/// Subscription Identifier (a variable byte integer).
+const SUBSCRIPTION_IDENTIFIER: u8 = 0x0b;
+/// Request Problem Information (a byte, 0 or 1).
+const REQUEST_PROBLEM_INFORMATION: u8 = 0x17;
+/// Request Response Information (a byte, 0 or 1).
+const REQUEST_RESPONSE_INFORMATION: u8 = 0x19;
 
 /// True when the complete MQTT 5 packet at the start of `buf`, at most `max` bytes long
 /// after its fixed header (0: no limit), includes a property more than once. False when
@@ -16,6 +26,44 @@ const MAXIMUM_PACKET_SIZE: u8 = 0x27;
 /// then reports what is wrong with it.
 pub(super) fn has_duplicate_property(buf: &[u8], max: u32) -> bool {
     scan(buf, max).unwrap_or(false)
+}
+
+/// A property of the complete MQTT 5 packet at the start of `buf` (at most `max` bytes
+/// after its fixed header; 0: no limit) whose presence or value the spec makes a
+/// Protocol Error but `rmqtt-codec` reports as a Malformed Packet: a Subscription
+/// Identifier in a client's PUBLISH, whatever its value ([MQTT-3.3.4-6]), and a CONNECT's
+/// Request Problem / Response Information other than 0 or 1. `None` when there is none,
+/// or the packet is incomplete or cannot be read this far.
+pub(super) fn bad_property(buf: &[u8], max: u32) -> Option<ProtocolError> {
+    let (first, body) = packet(buf, max)?;
+    let mut r = Reader(body);
+    let mut bad = None;
+    match first >> 4 {
+        1 => {
+            r.binary()?;
+            r.skip(4)?; // level, flags, keep-alive
+            r.properties(|id, value| {
+                if let (REQUEST_PROBLEM_INFORMATION | REQUEST_RESPONSE_INFORMATION, &[v]) = (id, value)
+                    && v > 1
+                {
+                    bad = bad.or(Some(ProtocolError::BadRequestFlag { id, value: v }));
+                }
+            })?;
+        }
+        3 => {
+            r.binary()?;
+            if first & 0x06 != 0 {
+                r.skip(2)?;
+            }
+            r.properties(|id, _| {
+                if id == SUBSCRIPTION_IDENTIFIER {
+                    bad = Some(ProtocolError::SubscriptionIdFromClient);
+                }
+            })?;
+        }
+        _ => {}
+    }
+    bad
 }
 
 /// The Maximum Packet Size in the property block of the complete MQTT 5 CONNECT at the

@@ -758,10 +758,25 @@ fn v5_connect_carries_the_problem_and_response_information_requests() {
 }
 
 #[test]
-fn request_information_other_than_0_or_1_is_refused() {
+fn mqtt_3_1_2_28_request_information_other_than_0_or_1_is_a_protocol_error() {
     for property in [0x17, 0x19] {
         let connect =
             [&b"\x10\x12\x00\x04MQTT\x05\x02\x00\x3c\x02"[..], &[property, 0x02], b"\x00\x03abc"].concat();
-        assert_eq!(decode_all(&connect), Err(ProtocolError::MalformedPacket), "property {property:#04x}");
+        assert_eq!(
+            decode_all(&connect),
+            Err(ProtocolError::BadRequestFlag { id: property, value: 2 }),
+            "property {property:#04x}"
+        );
+        assert_eq!(
+            ProtocolError::BadRequestFlag { id: property, value: 2 }.connack_code(),
+            ConnAckCode::ProtocolError
+        );
     }
+}
+
+#[test]
+fn mqtt_3_3_4_6_a_client_subscription_identifier_of_0_is_a_protocol_error_too() {
+    // QoS 0 PUBLISH to "a": properties 0x0b 0x00 (Subscription Identifier 0)
+    let publish = b"\x30\x06\x00\x01a\x02\x0b\x00";
+    assert_eq!(connected(CONNECT_V5, publish), Err(ProtocolError::SubscriptionIdFromClient));
 }
